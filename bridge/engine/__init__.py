@@ -1,0 +1,1 @@
+"""engine layer; see ARCHITECTURE notes in README."""

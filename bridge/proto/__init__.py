@@ -1,0 +1,1 @@
+"""proto layer; see ARCHITECTURE notes in README."""

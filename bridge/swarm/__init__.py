@@ -1,0 +1,1 @@
+"""swarm layer; see ARCHITECTURE notes in README."""

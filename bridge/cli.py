@@ -1,0 +1,334 @@
+"""Command line: argparse -> config -> run. No protocol logic here."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from . import __version__
+from .config import PeerConfig, SessionConfig
+from .create import make_info
+from .errors import BridgeError, MetainfoError
+from .progress import Progress, human_bytes
+from .proto.metainfo import (
+    MAX_TORRENT_SIZE,
+    Metainfo,
+    build_torrent,
+    parse_hostport,
+    parse_info_hash,
+    parse_magnet,
+    parse_torrent,
+)
+
+log = logging.getLogger("bridge")
+
+
+class UsageError(Exception):
+    """Bad input from the user: one line on stderr, exit code 2."""
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def run_async(coro_fn: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro_fn())
+    return uvloop.run(coro_fn())
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.WARNING),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("aiohttp").setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def load_torrent_file(path: str) -> Metainfo:
+    try:
+        size = os.path.getsize(path)
+        if size > MAX_TORRENT_SIZE:
+            raise UsageError(f"{path}: {size} bytes is too large for a .torrent file")
+        with open(path, "rb") as f:
+            data = f.read(MAX_TORRENT_SIZE + 1)
+    except OSError as e:
+        raise UsageError(f"{path}: {e.strerror or e}") from None
+    try:
+        return parse_torrent(data)
+    except MetainfoError as e:
+        raise UsageError(f"{path}: invalid torrent: {e}") from None
+
+
+def resolve_source(source: str) -> Metainfo:
+    """A .torrent path; magnets and bare info-hashes need metadata from peers (not supported yet)."""
+    if source.startswith("magnet:"):
+        try:
+            parse_magnet(source)
+        except MetainfoError as e:
+            raise UsageError(f"invalid magnet URI: {e}") from None
+        raise UsageError("magnet links need metadata from peers, which this version cannot fetch yet; use a .torrent")
+    if len(source) in (32, 40) and not os.path.exists(source):
+        try:
+            parse_info_hash(source)
+        except MetainfoError:
+            pass
+        else:
+            raise UsageError("a bare info-hash needs metadata from peers, which this version cannot fetch yet")
+    if not os.path.exists(source):
+        raise UsageError(f"{source}: no such file (expected a .torrent file, magnet URI or info-hash)")
+    return load_torrent_file(source)
+
+
+def parse_peers(values: list[str] | None) -> list[tuple[str, int]]:
+    peers = []
+    for v in values or []:
+        try:
+            peers.append(parse_hostport(v))
+        except MetainfoError as e:
+            raise UsageError(f"--peer: {e}") from None
+    return peers
+
+
+def check_port(port: int) -> int:
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port {port}: must be between 0 and 65535")
+    return port
+
+
+def session_config(args: argparse.Namespace) -> SessionConfig:
+    return SessionConfig(host=args.host, port=check_port(args.port), peer=PeerConfig())
+
+
+def print_stats(uploaded: int, downloaded: int) -> None:
+    print(f"uploaded={uploaded} downloaded={downloaded}", file=sys.stderr, flush=True)
+
+
+def _stop_on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+
+async def _wait_first(*events: asyncio.Event, interval: float, tick: Callable[[], None]) -> None:
+    """Call ``tick`` every ``interval`` seconds until one of ``events`` is set."""
+    while not any(e.is_set() for e in events):
+        tick()
+        waiters = [asyncio.ensure_future(e.wait()) for e in events]
+        try:
+            await asyncio.wait(waiters, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+
+
+# --------------------------------------------------------------------------------------- commands
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    progress = Progress("hashing")
+
+    def report(done: int, total: int) -> None:
+        progress.update(done, total)
+
+    try:
+        info = make_info(args.path, args.piece_length, args.name, args.private, report)
+    except MetainfoError as e:
+        raise UsageError(str(e)) from None
+    except OSError as e:
+        raise UsageError(f"{args.path}: {e.strerror or e}") from None
+    progress.done()
+    trackers = [[u] for u in args.announce or []]
+    data = build_torrent(info, trackers, args.webseed or [], comment=args.comment or "",
+                         created_by=f"webtorrent-bridge {__version__}")
+    out = args.output or f"{info.name}.torrent"
+    try:
+        with open(out, "wb") as f:
+            f.write(data)
+    except OSError as e:
+        raise UsageError(f"{out}: {e.strerror or e}") from None
+    print(f"wrote {out} ({info.num_pieces} pieces of {human_bytes(info.piece_length)}, {human_bytes(info.total_length)})",
+          file=sys.stderr)
+    print(parse_torrent(data).magnet())
+    return 0
+
+
+async def _run_transfer(args: argparse.Namespace, meta: Metainfo, data_dir: str, *, seed: bool,
+                        extra_trackers: list[str], peers: list[tuple[str, int]], download: bool) -> int:
+    from .engine.session import Session
+
+    session = Session(session_config(args))
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+    try:
+        await session.start()
+    except OSError as e:
+        raise UsageError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
+    print(f"listening on {session.listen_host}:{session.listen_port}", file=sys.stderr, flush=True)
+    torrent = None
+    code = 0
+    try:
+        checking = Progress("checking")
+        trackers = [list(t) for t in meta.trackers] + [[u] for u in extra_trackers]
+        torrent = await session.add_torrent(
+            meta.info, data_dir, trackers=trackers, peers=peers, seed=seed,
+            progress=lambda d, t: checking.update(d, t) if t else None,
+        )
+        checking.done()
+        info = meta.info
+        if not download:
+            have = len(torrent.picker.have)
+            if have == 0:
+                print(f"webtorrent-bridge: error: no data of {info.name!r} found under {data_dir}", file=sys.stderr)
+                return 1
+            if have < info.num_pieces:
+                print(f"warning: only {have} of {info.num_pieces} pieces verified; seeding those", file=sys.stderr)
+            print(meta.magnet(), flush=True)
+        progress = Progress("downloading" if download else "seeding")
+
+        def tick() -> None:
+            assert torrent is not None
+            if download and not torrent.is_complete:
+                progress.update(torrent.verified_bytes, info.total_length, torrent.down.rate, len(torrent.peers))
+            elif seed and progress.tty:
+                progress.label = "seeding"
+                progress.update(torrent.verified_bytes, info.total_length, torrent.up.rate, len(torrent.peers))
+
+        if download:
+            await _wait_first(torrent.completed, torrent.failed, stop, interval=0.25, tick=tick)
+            progress.update(torrent.verified_bytes, info.total_length, torrent.down.rate, len(torrent.peers), force=True)
+            progress.done()
+            if torrent.failed.is_set():
+                print(f"webtorrent-bridge: error: {torrent.error}", file=sys.stderr)
+                return 1
+            if not torrent.is_complete:
+                print("interrupted before the download finished; run the same command again to resume",
+                      file=sys.stderr)
+                return 130
+            print(f"complete: {os.path.join(data_dir, info.name)}", file=sys.stderr, flush=True)
+        if seed:
+            await _wait_first(stop, torrent.failed, interval=1.0, tick=tick)
+            progress.done()
+            if torrent.failed.is_set():
+                print(f"webtorrent-bridge: error: {torrent.error}", file=sys.stderr)
+                code = 1
+        return code
+    finally:
+        up, down = (torrent.uploaded, torrent.downloaded) if torrent else (0, 0)
+        try:
+            async with asyncio.timeout(10):
+                await session.aclose()
+        except TimeoutError:
+            log.warning("shutdown took too long")
+        print_stats(up, down)
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    meta = resolve_source(args.source)
+    peers = parse_peers(args.peer)
+    data_dir = os.path.abspath(args.output)
+    try:
+        os.makedirs(data_dir, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"{args.output}: {e.strerror or e}") from None
+    return run_async(lambda: _run_transfer(args, meta, data_dir, seed=args.seed, extra_trackers=args.announce or [],
+                                           peers=peers, download=True))
+
+
+def cmd_seed(args: argparse.Namespace) -> int:
+    peers = parse_peers(args.peer)
+    source = args.source
+    extra = args.announce or []
+    if os.path.isfile(source) and source.endswith(".torrent"):
+        meta = load_torrent_file(source)
+        data_dir = os.path.abspath(args.output or ".")
+    else:
+        if not os.path.exists(source):
+            raise UsageError(f"{source}: no such file or folder")
+        progress = Progress("hashing")
+        try:
+            info = make_info(source, progress=lambda d, t: progress.update(d, t))
+        except MetainfoError as e:
+            raise UsageError(str(e)) from None
+        progress.done()
+        meta = parse_torrent(build_torrent(info, [[u] for u in extra], created_by=f"webtorrent-bridge {__version__}"))
+        extra = []
+        data_dir = os.path.dirname(os.path.abspath(source.rstrip(os.sep)))
+    return run_async(lambda: _run_transfer(args, meta, data_dir, seed=True, extra_trackers=extra, peers=peers,
+                                           download=False))
+
+
+# ----------------------------------------------------------------------------------------- parser
+
+
+def _add_net_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--port", type=int, default=6881, help="listen port for peers (default 6881; 0 picks any)")
+    p.add_argument("--host", default="0.0.0.0", help="listen address (default 0.0.0.0)")
+    p.add_argument("--announce", action="append", metavar="URL", help="extra tracker URL (repeatable)")
+    p.add_argument("--peer", action="append", metavar="HOST:PORT", help="dial this peer directly (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="webtorrent-bridge",
+        description="One BitTorrent peer in both swarms: classic clients and WebTorrent browsers.",
+    )
+    parser.add_argument("--version", action="version", version=f"webtorrent-bridge {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="log level")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("create", help="create a .torrent and print its magnet URI")
+    p.add_argument("path", help="file or folder to share")
+    p.add_argument("-o", "--output", metavar="OUT.torrent", help="where to write the torrent (default NAME.torrent)")
+    p.add_argument("--announce", action="append", metavar="URL", help="tracker URL (repeatable; one tier each)")
+    p.add_argument("--webseed", action="append", metavar="URL", help="BEP 19 web seed URL (repeatable)")
+    p.add_argument("--piece-length", type=int, metavar="BYTES", help="piece size, a power of two (default: automatic)")
+    p.add_argument("--name", help="torrent name (default: the file or folder name)")
+    p.add_argument("--private", action="store_true", help="set the private flag (BEP 27)")
+    p.add_argument("--comment", metavar="TEXT")
+    p.set_defaults(func=cmd_create)
+
+    p = sub.add_parser("download", help="download a torrent")
+    p.add_argument("source", help=".torrent file, magnet URI or 40-hex info-hash")
+    p.add_argument("-o", "--output", default=".", metavar="DIR", help="download directory (default .)")
+    p.add_argument("--seed", action="store_true", help="keep seeding after the download completes")
+    _add_net_options(p)
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("seed", help="seed a file, folder or .torrent until interrupted")
+    p.add_argument("source", metavar="PATH|TORRENT", help="data to share, or a .torrent whose data is in -o DIR")
+    p.add_argument("-o", "--output", metavar="DIR", help="where a .torrent's data lives (default .)")
+    _add_net_options(p)
+    p.set_defaults(func=cmd_seed)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    level = args.log_level or ("debug" if args.verbose >= 2 else "info" if args.verbose == 1 else "warning")
+    setup_logging(level)
+    try:
+        return int(args.func(args))
+    except UsageError as e:
+        print(f"webtorrent-bridge: error: {e}", file=sys.stderr)
+        return 2
+    except BridgeError as e:
+        print(f"webtorrent-bridge: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,45 @@
+"""Settings, one frozen dataclass per concern. The CLI builds these; nothing else reads flags."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    """How a torrent treats its peers."""
+
+    #: Connected peers per torrent.
+    max_peers: int = 50
+    #: Outgoing connection attempts in flight per torrent.
+    max_half_open: int = 8
+    #: Seconds to wait for a TCP connection to a peer.
+    connect_timeout: float = 10.0
+    #: Seconds to wait for the peer's handshake (libtorrent uses 10).
+    handshake_timeout: float = 10.0
+    #: Seconds of silence after which a peer is dropped (BEP 3 practice: 2 minutes).
+    inactivity_timeout: float = 120.0
+    #: Seconds of our own silence after which we send a keep-alive.
+    keepalive_interval: float = 60.0
+    #: Seconds without a block while requests are outstanding before they are re-requested elsewhere.
+    snub_timeout: float = 30.0
+    #: Offer the BEP 6 fast extension.
+    fast_extension: bool = True
+    #: Regular upload slots (plus one optimistic).
+    upload_slots: int = 4
+    #: Hash failures after which a peer's address is banned from the torrent.
+    max_hash_failures: int = 2
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """The process-wide peer side."""
+
+    #: Listen address for incoming peers.
+    host: str = "0.0.0.0"
+    #: Listen port; 0 picks a free one.
+    port: int = 6881
+    #: Per-torrent peer settings.
+    peer: PeerConfig = field(default_factory=PeerConfig)
+    #: Send announces to trackers.
+    trackers_enabled: bool = True

@@ -1,0 +1,345 @@
+"""One connected peer: decodes its messages, keeps its request pipeline full and serves its requests.
+
+Runs over any PeerTransport (TCP now; uTP and WebRTC use the same class). A peer that misbehaves raises
+RemoteProtocolError inside its own task and closes only itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+from .. import __version__
+from ..errors import BridgeError, RemoteProtocolError
+from ..net.transport import PeerTransport
+from ..proto import events as ev
+from ..proto.extension import ExtendedHandshake, decode_handshake, encode_handshake
+from ..proto.wire import BLOCK_SIZE, Wire, encode_piece_header, encode_request
+from ..swarm.bitfield import Bitfield
+from ..swarm.pipeline import DEFAULT_PEER_REQQ, pipeline_depth
+from ..swarm.rate import RateMeter
+
+if TYPE_CHECKING:
+    from .torrent import Torrent
+
+log = logging.getLogger(__name__)
+
+#: Requests we queue from one peer (our BEP 10 ``reqq``); libtorrent allows 2000 per peer by default.
+MAX_QUEUED_REQUESTS = 2000
+#: A peer that keeps asking while its queue is this far over the limit is flooding, and is dropped.
+REQUEST_FLOOD_LIMIT = 2 * MAX_QUEUED_REQUESTS
+#: Bytes of piece data gathered into one write when serving (fewer, larger writes).
+UPLOAD_BATCH_BYTES = 256 * 1024
+#: Unrequested or unwanted blocks tolerated before the peer is dropped.
+MAX_WASTED_BLOCKS = 500
+
+
+class Peer:
+    """State and tasks of one peer connection."""
+
+    def __init__(self, torrent: Torrent, transport: PeerTransport, wire: Wire, handshake: ev.Handshake) -> None:
+        self.torrent = torrent
+        self.transport = transport
+        self.wire = wire
+        self.address = transport.remote_address
+        self.kind = transport.kind
+        self.peer_id = handshake.peer_id
+        self.fast = handshake.fast_extension and torrent.config.fast_extension
+        self.extended = handshake.extension_protocol
+        self.am_choking = True
+        self.am_interested = False
+        self.peer_choking = True
+        self.peer_interested = False
+        self.bits = Bitfield(torrent.info.num_pieces)
+        self._got_bitfield = False
+        #: our requests to the peer: (index, begin) -> length, oldest first
+        self.outstanding: dict[tuple[int, int], int] = {}
+        #: the peer's requests to us
+        self.requests_in: deque[tuple[int, int, int]] = deque()
+        self.reqq = DEFAULT_PEER_REQQ
+        self.client = ""
+        self.upload_only = False
+        now = time.monotonic()
+        self.down = RateMeter(now)
+        self.up = RateMeter(now)
+        self.last_received = now
+        self.last_sent = now
+        self.last_block = now
+        self.wasted = 0
+        self._out: list[bytes] = []
+        self._wake = asyncio.Event()
+        self.closed = False
+        self.tag = f"[{torrent.tag} {self.address[0]}:{self.address[1]}]"
+
+    def __repr__(self) -> str:
+        return f"<Peer {self.address[0]}:{self.address[1]} {self.kind}>"
+
+    # ------------------------------------------------------------------------------------ output
+    def send(self, event: ev.Event) -> None:
+        self._out.append(self.wire.send(event))
+        self._wake.set()
+
+    def choke(self) -> None:
+        if not self.am_choking:
+            self.am_choking = True
+            self.send(ev.Choke())
+            if self.fast:
+                for index, begin, length in self.requests_in:
+                    self.send(ev.RejectRequest(index, begin, length))
+            self.requests_in.clear()
+
+    def unchoke(self) -> None:
+        if self.am_choking:
+            self.am_choking = False
+            self.send(ev.Unchoke())
+
+    def set_interested(self, interested: bool) -> None:
+        if interested != self.am_interested:
+            self.am_interested = interested
+            self.send(ev.Interested() if interested else ev.NotInterested())
+
+    def close(self, reason: str = "") -> None:
+        if not self.closed:
+            self.closed = True
+            if reason:
+                log.debug("%s closing: %s", self.tag, reason)
+            self.transport.close()
+            self._wake.set()
+
+    # --------------------------------------------------------------------------------------- run
+    async def run(self, pending: list[ev.Event]) -> None:
+        """Serve the connection until it closes. Never raises for peer misbehaviour."""
+        t = self.torrent
+        try:
+            self._send_opening()
+            sender = asyncio.create_task(self._sender(), name=f"send {self.tag}")
+            try:
+                self._handle_all(pending)
+                while not self.closed:
+                    data = await self.transport.read()
+                    if not data:
+                        break
+                    self.last_received = time.monotonic()
+                    self._handle_all(self.wire.receive_data(data))
+            finally:
+                self.close()
+                sender.cancel()
+                try:
+                    await sender
+                except (asyncio.CancelledError, BridgeError, OSError):
+                    pass
+        except RemoteProtocolError as e:
+            log.info("%s dropped: %s", self.tag, e)
+        except (ConnectionError, OSError) as e:
+            log.debug("%s connection lost: %s", self.tag, e)
+        finally:
+            self.close()
+            t.peer_gone(self)
+            await self.transport.wait_closed()
+
+    def _send_opening(self) -> None:
+        t = self.torrent
+        if self.extended:
+            hs = ExtendedHandshake(
+                m={},
+                v=f"webtorrent-bridge {__version__}",
+                p=t.listen_port or None,
+                reqq=MAX_QUEUED_REQUESTS,
+                upload_only=t.picker.complete,
+            )
+            self.send(ev.Extended(0, encode_handshake(hs)))
+        have = t.picker.have
+        if self.fast and have.complete:
+            self.send(ev.HaveAll())
+        elif self.fast and len(have) == 0:
+            self.send(ev.HaveNone())
+        elif len(have):
+            self.send(ev.Bitfield(have.to_bytes()))
+
+    async def _sender(self) -> None:
+        """The only writer: flushes queued messages and serves requested blocks, with back-pressure."""
+        storage = self.torrent.storage
+        while not self.closed:
+            await self._wake.wait()
+            self._wake.clear()
+            while (self._out or (self.requests_in and not self.am_choking)) and not self.closed:
+                chunks = self._out
+                self._out = []
+                budget = UPLOAD_BATCH_BYTES
+                served = 0
+                while self.requests_in and not self.am_choking and budget > 0:
+                    index, begin, length = self.requests_in.popleft()
+                    data = await storage.read_block(index, begin, length)
+                    chunks.append(encode_piece_header(index, begin, length))
+                    chunks.append(data)
+                    budget -= length
+                    served += length
+                if not chunks:
+                    continue
+                await self.transport.write(b"".join(chunks))
+                self.last_sent = time.monotonic()
+                if served:
+                    self.up.add(served)
+                    self.torrent.on_uploaded(self, served)
+
+    # ---------------------------------------------------------------------------------- handling
+    def _handle_all(self, events: list[ev.Event]) -> None:
+        piece_t = ev.Piece
+        for e in events:
+            if type(e) is piece_t:
+                self._on_piece(e)  # type: ignore[arg-type]
+            else:
+                self._handle(e)
+        self.fill_requests()
+
+    def _handle(self, e: ev.Event) -> None:
+        t = self.torrent
+        n = t.info.num_pieces
+        match e:
+            case ev.Request(index=index, begin=begin, length=length):
+                self._on_request(index, begin, length)
+            case ev.Have(index=index):
+                if index >= n:
+                    raise RemoteProtocolError(f"have for piece {index} of {n}")
+                if self.bits.add(index):
+                    t.picker.peer_has(index)
+                    if not self.am_interested and t.picker.wanted(index):
+                        self.set_interested(True)
+                    t.on_peer_have(self)
+            case ev.Bitfield(bits=bits):
+                if self._got_bitfield:
+                    raise RemoteProtocolError("second bitfield")
+                self._set_bits(Bitfield.from_bytes(bits, n))
+            case ev.HaveAll() | ev.HaveNone():
+                if not self.fast:
+                    raise RemoteProtocolError("have-all/have-none without the fast extension")
+                if self._got_bitfield:
+                    raise RemoteProtocolError("have-all/have-none after a bitfield")
+                self._set_bits(Bitfield(n, fill=isinstance(e, ev.HaveAll)))
+            case ev.Choke():
+                self.peer_choking = True
+                self._release_all()
+            case ev.Unchoke():
+                self.peer_choking = False
+            case ev.Interested():
+                self.peer_interested = True
+                t.on_interest(self)
+            case ev.NotInterested():
+                self.peer_interested = False
+                t.on_interest(self)
+            case ev.Cancel(index=index, begin=begin, length=length):
+                try:
+                    self.requests_in.remove((index, begin, length))
+                except ValueError:
+                    pass
+            case ev.RejectRequest(index=index, begin=begin):
+                if not self.fast:
+                    raise RemoteProtocolError("reject without the fast extension")
+                if self.outstanding.pop((index, begin), None) is not None:
+                    t.picker.release(index, begin)
+            case ev.Extended(ext_id=0, payload=payload):
+                hs = decode_handshake(payload)
+                if hs.reqq:
+                    self.reqq = hs.reqq
+                self.client = hs.v or ""
+                self.upload_only = hs.upload_only
+            case ev.KeepAlive() | ev.Extended() | ev.Port() | ev.SuggestPiece() | ev.AllowedFast():
+                pass
+            case ev.UnknownMessage(msg_id=msg_id):
+                log.debug("%s ignored unknown message %d", self.tag, msg_id)
+            case ev.Handshake():
+                raise RemoteProtocolError("second handshake")
+
+    def _set_bits(self, bits: Bitfield) -> None:
+        self._got_bitfield = True
+        t = self.torrent
+        t.picker.remove_peer(self.bits)  # haves that came before the bitfield
+        self.bits = bits
+        t.picker.add_peer(bits)
+        if t.picker.is_interesting(bits):
+            self.set_interested(True)
+        t.on_peer_have(self)
+
+    def _on_request(self, index: int, begin: int, length: int) -> None:
+        t = self.torrent
+        ok = (
+            not self.am_choking
+            and index in t.picker.have
+            and 0 < length <= BLOCK_SIZE
+            and begin + length <= t.info.piece_size(index)
+            and len(self.requests_in) < MAX_QUEUED_REQUESTS
+        )
+        if ok:
+            self.requests_in.append((index, begin, length))
+            self._wake.set()
+            return
+        if len(self.requests_in) >= REQUEST_FLOOD_LIMIT:
+            raise RemoteProtocolError("request flood")
+        if self.fast:
+            self.send(ev.RejectRequest(index, begin, length))
+
+    def _on_piece(self, e: ev.Piece) -> None:
+        t = self.torrent
+        key = (e.index, e.begin)
+        length = self.outstanding.pop(key, None)
+        size = len(e.data)
+        if length is None:
+            # Not (or no longer) requested from this peer: keep it only if it fills a hole exactly.
+            if not (
+                e.index < t.info.num_pieces
+                and t.picker.wants_block(e.index, e.begin)
+                and size == t.picker.block_length(e.index, e.begin)
+            ):
+                self.wasted += 1
+                if self.wasted > MAX_WASTED_BLOCKS:
+                    raise RemoteProtocolError("too many unrequested blocks")
+                return
+        elif size != length:
+            raise RemoteProtocolError(f"block {e.index}:{e.begin} has {size} bytes, requested {length}")
+        self.down.add(size)
+        self.last_block = self.last_received
+        t.on_block(self, e.index, e.begin, e.data)
+
+    def _release_all(self) -> None:
+        picker = self.torrent.picker
+        for index, begin in self.outstanding:
+            picker.release(index, begin)
+        self.outstanding.clear()
+
+    def fill_requests(self) -> None:
+        if self.peer_choking or not self.am_interested or self.closed:
+            return
+        depth = pipeline_depth(self.down.rate, self.reqq)
+        need = depth - len(self.outstanding)
+        # Top up in batches so one read does not produce a trickle of single requests.
+        if need < max(1, depth // 8):
+            return
+        blocks = self.torrent.picker.pick(self.bits, need, self.outstanding)
+        if not blocks:
+            if not self.outstanding and not self.torrent.picker.is_interesting(self.bits):
+                self.set_interested(False)
+            return
+        out = self.outstanding
+        for index, begin, length in blocks:
+            out[(index, begin)] = length
+        self._out.append(b"".join([encode_request(i, b, n) for i, b, n in blocks]))
+        self._wake.set()
+
+    def cancel(self, index: int, begin: int) -> None:
+        """Withdraw a request (endgame: the block came from someone else)."""
+        length = self.outstanding.pop((index, begin), None)
+        if length is not None:
+            self.torrent.picker.release(index, begin)
+            self.send(ev.Cancel(index, begin, length))
+
+    def release_stale(self) -> None:
+        """Give back every outstanding request (the peer stopped delivering)."""
+        self._release_all()
+
+    def detach(self) -> None:
+        """Remove this peer's share from the picker (on close)."""
+        self._release_all()
+        self.torrent.picker.remove_peer(self.bits)

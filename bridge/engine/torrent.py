@@ -1,0 +1,414 @@
+"""One torrent: wires storage, picker, choker and peers together. Policy lives in swarm/, I/O in net/."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+from ..config import PeerConfig
+from ..errors import BridgeError, RemoteProtocolError, StorageError
+from ..net.tcp import connect_tcp
+from ..net.transport import PeerTransport
+from ..proto import events as ev
+from ..proto.metainfo import InfoDict
+from ..proto.wire import Wire, make_reserved
+from ..storage import FileStorage
+from ..swarm.bitfield import Bitfield
+from ..swarm.choker import RECHOKE_INTERVAL, ChokeCandidate, Choker
+from ..swarm.picker import PiecePicker
+from ..swarm.rate import RateMeter
+from .handshake import read_handshake
+from .peer import Peer
+
+if TYPE_CHECKING:
+    from .session import Session
+
+log = logging.getLogger(__name__)
+
+#: Addresses remembered per torrent (from trackers, --peer, incoming). Bounds memory against a tracker
+#: or peer that hands out endless lists.
+MAX_KNOWN_ADDRESSES = 2000
+#: Seconds before redialling an address that failed or closed, doubled per failure up to RETRY_MAX.
+RETRY_BASE = 15.0
+RETRY_MAX = 300.0
+
+Address = tuple[str, int]
+
+
+class Torrent:
+    def __init__(
+        self,
+        session: Session,
+        info: InfoDict,
+        storage: FileStorage,
+        have: Bitfield,
+        *,
+        config: PeerConfig,
+        trackers: Iterable[Iterable[str]] = (),
+        seed: bool = False,
+    ) -> None:
+        self.session = session
+        self.info = info
+        self.info_hash = info.info_hash
+        self.storage = storage
+        self.config = config
+        self.seed_after_complete = seed
+        self.tag = info.name[:24]
+        self.rng = random.Random()
+        self.picker = PiecePicker(info.num_pieces, info.piece_length, info.total_length, have, self.rng)
+        self.choker = Choker(self.rng, config.upload_slots)
+        self.peers: set[Peer] = set()
+        self.trackers = [list(t) for t in trackers]
+        self._known: dict[Address, float] = {}  # address -> earliest next dial time
+        self._failures: Counter[Address] = Counter()
+        self._sticky: set[Address] = set()  # --peer addresses: always retried
+        self._connecting: set[Address] = set()
+        self._wake = asyncio.Event()
+        self.banned: set[str] = set()
+        self.hash_failures: Counter[str] = Counter()
+        self._buffers: dict[int, bytearray] = {}
+        self._contributors: dict[int, set[str]] = {}
+        self._verifying: set[int] = set()
+        self.uploaded = 0
+        self.downloaded = 0
+        now = time.monotonic()
+        self.down = RateMeter(now)
+        self.up = RateMeter(now)
+        self.completed = asyncio.Event()
+        self.error: str | None = None
+        self.failed = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._announcer: object | None = None
+        self._stopping = False
+        if self.picker.complete:
+            self.completed.set()
+        self.on_complete: Callable[[], None] | None = None
+
+    # -------------------------------------------------------------------------------- properties
+    @property
+    def listen_port(self) -> int:
+        return self.session.listen_port
+
+    @property
+    def left(self) -> int:
+        have = self.picker.have
+        return sum(self.info.piece_size(i) for i in range(self.info.num_pieces) if i not in have)
+
+    @property
+    def verified_bytes(self) -> int:
+        return self.info.total_length - self.left
+
+    @property
+    def is_complete(self) -> bool:
+        return self.completed.is_set()
+
+    # -------------------------------------------------------------------------------- lifecycle
+    def _spawn(self, coro: object, name: str) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            log.error("[%s] task %s failed: %r", self.tag, task.get_name(), exc, exc_info=exc)
+
+    async def start(self) -> None:
+        self._spawn(self._ticker(), f"tick {self.tag}")
+        self._spawn(self._connector(), f"connect {self.tag}")
+        if self.trackers and self.session.config.trackers_enabled:
+            from .announcer import Announcer
+
+            announcer = Announcer(
+                tiers=self.trackers,
+                info_hash=self.info_hash,
+                peer_id=self.session.peer_id,
+                port=self.listen_port,
+                stats=lambda: (self.uploaded, self.downloaded, self.left),
+                on_peers=lambda peers: self.add_peers(peers),
+                http=self.session.http,
+            )
+            self._announcer = announcer
+            if self.is_complete:
+                announcer.completed()
+            self._spawn(announcer.run(), f"announce {self.tag}")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._announcer is not None:
+            with contextlib.suppress(Exception):
+                await self._announcer.stop()  # type: ignore[attr-defined]
+        for task in list(self._tasks):
+            task.cancel()
+        for peer in list(self.peers):
+            peer.close("shutting down")
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.storage.close()
+
+    def fail(self, message: str) -> None:
+        """A fatal local error (disk full, unwritable directory): stop transferring and report."""
+        if self.error is None:
+            self.error = message
+            log.error("[%s] %s", self.tag, message)
+            self.failed.set()
+            for peer in list(self.peers):
+                peer.close(message)
+
+    # ------------------------------------------------------------------------------- addresses
+    def add_peers(self, addresses: Iterable[Address], sticky: bool = False) -> None:
+        now = time.monotonic()
+        for addr in addresses:
+            if addr[0] in self.banned or addr[1] <= 0:
+                continue
+            if sticky:
+                self._sticky.add(addr)
+            if addr not in self._known:
+                if len(self._known) >= MAX_KNOWN_ADDRESSES:
+                    continue
+                self._known[addr] = now
+            elif sticky:
+                self._known[addr] = min(self._known[addr], now)
+        self._wake.set()
+
+    def _connected_addresses(self) -> set[Address]:
+        return {p.address for p in self.peers}
+
+    async def _connector(self) -> None:
+        cfg = self.config
+        while not self._stopping:
+            self._wake.clear()
+            if self.error is None and (not self.is_complete or self.seed_after_complete):
+                now = time.monotonic()
+                connected = self._connected_addresses()
+                for addr, when in sorted(self._known.items(), key=lambda kv: kv[1]):
+                    if len(self.peers) + len(self._connecting) >= cfg.max_peers:
+                        break
+                    if len(self._connecting) >= cfg.max_half_open:
+                        break
+                    if when > now or addr in connected or addr in self._connecting:
+                        continue
+                    if addr[0] in self.banned:
+                        continue
+                    self._connecting.add(addr)
+                    self._known[addr] = now + self._retry_delay(addr)
+                    self._spawn(self._dial(addr), f"dial {addr[0]}:{addr[1]}")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self._wake.wait()
+
+    def _retry_delay(self, addr: Address) -> float:
+        n = self._failures[addr]
+        return min(RETRY_MAX, RETRY_BASE * (2 ** min(n, 10)))
+
+    async def _dial(self, addr: Address) -> None:
+        cfg = self.config
+        try:
+            try:
+                transport = await connect_tcp(addr[0], addr[1], cfg.connect_timeout)
+            except (OSError, TimeoutError) as e:
+                self._failures[addr] += 1
+                log.debug("[%s] cannot connect to %s:%d: %s", self.tag, addr[0], addr[1], e or type(e).__name__)
+                return
+            wire = Wire()
+            try:
+                await transport.write(wire.send(self.our_handshake()))
+                handshake, pending = await read_handshake(transport, wire, cfg.handshake_timeout)
+                if handshake.info_hash != self.info_hash:
+                    raise RemoteProtocolError("handshake for another torrent")
+            except (RemoteProtocolError, OSError, TimeoutError) as e:
+                self._failures[addr] += 1
+                log.debug("[%s] handshake with %s:%d failed: %s", self.tag, addr[0], addr[1], e or type(e).__name__)
+                transport.close()
+                return
+            self._connecting.discard(addr)
+            await self.run_peer(transport, wire, handshake, pending, address=addr)
+        finally:
+            self._connecting.discard(addr)
+            self._wake.set()
+
+    def our_handshake(self) -> ev.Handshake:
+        return ev.Handshake(
+            info_hash=self.info_hash,
+            peer_id=self.session.peer_id,
+            reserved=make_reserved(extensions=True, fast=self.config.fast_extension),
+        )
+
+    async def run_peer(
+        self,
+        transport: PeerTransport,
+        wire: Wire,
+        handshake: ev.Handshake,
+        pending: list[ev.Event],
+        address: Address | None = None,
+    ) -> None:
+        """Run an opened connection (handshakes already exchanged) until it closes."""
+        reason = None
+        if handshake.peer_id == self.session.peer_id:
+            reason = "connected to ourselves"
+        elif any(p.peer_id == handshake.peer_id for p in self.peers):
+            reason = "already connected to this peer"
+        elif transport.remote_address[0] in self.banned:
+            reason = "banned"
+        elif len(self.peers) >= self.config.max_peers:
+            reason = "too many peers"
+        elif self.error is not None or self._stopping:
+            reason = "torrent stopped"
+        if reason:
+            log.debug("[%s] refusing %s: %s", self.tag, transport.remote_address, reason)
+            transport.close()
+            return
+        peer = Peer(self, transport, wire, handshake)
+        if address is not None:
+            peer.address = address
+        self.peers.add(peer)
+        self._failures.pop(peer.address, None)
+        log.info("%s connected (%s, %s)", peer.tag, peer.kind, "outgoing" if address else "incoming")
+        await peer.run(pending)
+
+    def peer_gone(self, peer: Peer) -> None:
+        if peer not in self.peers:
+            return
+        self.peers.discard(peer)
+        peer.detach()
+        log.info("%s disconnected", peer.tag)
+        addr = peer.address
+        if addr in self._known or addr in self._sticky:
+            self._known[addr] = time.monotonic() + (5.0 if addr in self._sticky else self._retry_delay(addr))
+        for other in self.peers:
+            other.fill_requests()
+        self._wake.set()
+
+    # ----------------------------------------------------------------------------------- events
+    def on_block(self, peer: Peer, index: int, begin: int, data: bytes) -> None:
+        if index in self._verifying:
+            return
+        buf = self._buffers.get(index)
+        if buf is None:
+            buf = self._buffers[index] = bytearray(self.info.piece_size(index))
+        buf[begin : begin + len(data)] = data
+        self.downloaded += len(data)
+        self.down.add(len(data))
+        contributors = self._contributors.get(index)
+        if contributors is None:
+            contributors = self._contributors[index] = set()
+        contributors.add(peer.address[0])
+        complete = self.picker.received(index, begin)
+        if self.picker.endgame_active:
+            for other in self.peers:
+                if other is not peer and (index, begin) in other.outstanding:
+                    other.cancel(index, begin)
+        if complete:
+            self._verifying.add(index)
+            self._spawn(self._verify(index), f"verify {index}")
+
+    async def _verify(self, index: int) -> None:
+        buf = self._buffers.pop(index)
+        try:
+            ok = await self.storage.verify_and_write(index, buf)
+        except StorageError as e:
+            self.picker.piece_failed(index)
+            self.fail(str(e))
+            return
+        finally:
+            self._verifying.discard(index)
+        contributors = self._contributors.pop(index, set())
+        if ok:
+            self.picker.piece_verified(index)
+            have = ev.Have(index)
+            for p in self.peers:
+                p.send(have)
+            if self.picker.complete and not self.is_complete:
+                self._on_complete()
+            return
+        self.picker.piece_failed(index)
+        log.warning("[%s] piece %d failed its hash check (from %s)", self.tag, index, ", ".join(sorted(contributors)))
+        for ip in contributors:
+            self.hash_failures[ip] += 1
+            if self.hash_failures[ip] >= self.config.max_hash_failures and ip not in self.banned:
+                self.banned.add(ip)
+                log.warning("[%s] banned %s after %d hash failures", self.tag, ip, self.hash_failures[ip])
+                for p in list(self.peers):
+                    if p.address[0] == ip:
+                        p.close("banned")
+        for p in self.peers:
+            p.fill_requests()
+
+    def _on_complete(self) -> None:
+        try:
+            self.storage.ensure_files()
+        except (StorageError, OSError) as e:
+            self.fail(f"cannot finish files: {e}")
+            return
+        log.info("[%s] download complete", self.tag)
+        self.completed.set()
+        if self._announcer is not None:
+            self._announcer.completed()  # type: ignore[attr-defined]
+        for p in list(self.peers):
+            p.set_interested(False)
+            if p.bits.complete or p.upload_only:
+                p.close("both sides are seeds")
+        if self.on_complete:
+            self.on_complete()
+
+    def on_uploaded(self, peer: Peer, n: int) -> None:
+        self.uploaded += n
+        self.up.add(n)
+
+    def on_interest(self, peer: Peer) -> None:
+        if peer.peer_interested and peer.am_choking:
+            unchoked = sum(1 for p in self.peers if not p.am_choking and p.peer_interested)
+            if self.choker.has_free_slot(unchoked):
+                peer.unchoke()
+
+    def on_peer_have(self, peer: Peer) -> None:
+        if self.is_complete and (peer.bits.complete) and not self.seed_after_complete:
+            peer.close("both sides are seeds")
+
+    # ------------------------------------------------------------------------------------ timer
+    async def _ticker(self) -> None:
+        last_rechoke = time.monotonic()
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            self.down.tick(now)
+            self.up.tick(now)
+            cfg = self.config
+            for p in list(self.peers):
+                p.down.tick(now)
+                p.up.tick(now)
+                if now - p.last_received > cfg.inactivity_timeout:
+                    p.close("silent for too long")
+                    continue
+                if now - p.last_sent > cfg.keepalive_interval:
+                    p.send(ev.KeepAlive())
+                    p.last_sent = now
+                if p.outstanding and now - p.last_block > cfg.snub_timeout:
+                    log.debug("%s snubbed us; re-requesting its %d blocks", p.tag, len(p.outstanding))
+                    p.release_stale()
+                    p.last_block = now
+                p.fill_requests()
+            if now - last_rechoke >= RECHOKE_INTERVAL:
+                last_rechoke = now
+                self.rechoke(now)
+
+    def rechoke(self, now: float) -> None:
+        peers = list(self.peers)
+        candidates = [ChokeCandidate(p, p.peer_interested, p.down.rate, p.up.rate) for p in peers]
+        unchoke = self.choker.rechoke(candidates, now, seeding=self.is_complete)
+        for p in peers:
+            if p in unchoke:
+                p.unchoke()
+            else:
+                p.choke()
+
+
+__all__ = ["Torrent", "BridgeError"]

@@ -1,0 +1,260 @@
+"""Piece storage on disk: map pieces to files, verify with SHA-1 and do file I/O off the event loop.
+
+Only verified pieces are ever written, so what is on disk is always data whose hash matched. Every path
+is checked to stay inside the download directory, symlinks included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
+
+from .errors import StorageError
+from .proto.metainfo import InfoDict
+from .swarm.bitfield import Bitfield
+
+log = logging.getLogger(__name__)
+
+#: Bytes of whole pieces kept in memory for serving requests. A peer usually asks for every block of a
+#: piece in a row, so one read per piece instead of one per 16 KiB block; 64 MiB holds 64 pieces of 1 MiB.
+READ_CACHE_BYTES = 64 * 1024 * 1024
+#: Bytes hashed per executor call during a re-check: large enough to amortise the hop to the thread,
+#: small enough to report progress several times a second.
+RECHECK_BATCH_BYTES = 32 * 1024 * 1024
+
+ProgressFn = Callable[[int, int], None]
+
+
+def default_executor() -> ThreadPoolExecutor:
+    """Disk and hashing threads. hashlib and file I/O release the GIL, so two threads use the second core."""
+    return ThreadPoolExecutor(max_workers=4, thread_name_prefix="bridge-disk")
+
+
+class FileStorage:
+    """The files of one torrent under ``root``; the torrent's paths start with its name for multi-file."""
+
+    def __init__(self, info: InfoDict, root: str | os.PathLike[str], executor: Executor | None = None) -> None:
+        self.info = info
+        self.root = os.path.realpath(os.fspath(root))
+        self._own_executor = executor is None
+        self.executor: Executor = executor or default_executor()
+        self._fds: dict[int, int] = {}
+        self._fd_lock = threading.Lock()
+        self._cache: OrderedDict[int, bytes] = OrderedDict()
+        self._cache_bytes = 0
+        self._loading: dict[int, asyncio.Future[bytes]] = {}
+        self.paths = [self._safe_path(f.path) for f in info.files]
+
+    # ---------------------------------------------------------------------------------- paths
+    def _safe_path(self, parts: tuple[str, ...]) -> str:
+        for part in parts:
+            if part in ("", ".", "..") or "/" in part or "\\" in part or "\x00" in part:
+                raise StorageError(f"unsafe path part {part!r}")
+        path = os.path.join(self.root, *parts)
+        if os.path.commonpath([self.root, os.path.abspath(path)]) != self.root:
+            raise StorageError(f"path {'/'.join(parts)!r} leaves the download directory")
+        return path
+
+    def _check_real(self, path: str) -> None:
+        """Refuse a path whose existing parts resolve (through symlinks) outside the root."""
+        real = os.path.realpath(path)
+        if os.path.commonpath([self.root, real]) != self.root:
+            raise StorageError(f"{path!r} resolves outside the download directory (symlink?)")
+
+    def _fd(self, file_index: int, create: bool) -> int | None:
+        fd = self._fds.get(file_index)
+        if fd is not None:
+            return fd
+        with self._fd_lock:
+            fd = self._fds.get(file_index)
+            if fd is not None:
+                return fd
+            path = self.paths[file_index]
+            try:
+                if create:
+                    os.makedirs(os.path.dirname(path), exist_ok=True)
+                self._check_real(os.path.dirname(path))
+                flags = os.O_RDWR | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+                if create:
+                    flags |= os.O_CREAT
+                fd = os.open(path, flags, 0o644)
+            except FileNotFoundError:
+                if create:
+                    raise StorageError(f"cannot create {path}") from None
+                return None
+            except OSError as e:
+                raise StorageError(f"cannot open {path}: {e.strerror or e}") from None
+            self._fds[file_index] = fd
+            return fd
+
+    # ------------------------------------------------------------------------------- blocking I/O
+    def _read_sync(self, offset: int, length: int, *, missing_ok: bool) -> bytes | None:
+        out = bytearray(length)
+        view = memoryview(out)
+        pos = 0
+        for fi, foff, n in self.info.file_slices(offset, length):
+            if self.info.files[fi].padding:
+                pos += n
+                continue
+            fd = self._fd(fi, create=False)
+            if fd is None:
+                if missing_ok:
+                    return None
+                raise StorageError(f"{self.paths[fi]} is missing")
+            got = os.preadv(fd, [view[pos : pos + n]], foff)
+            if got != n:
+                if missing_ok:
+                    return None
+                raise StorageError(f"{self.paths[fi]} is shorter than the torrent says")
+            pos += n
+        return bytes(out)
+
+    def _write_sync(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        pos = 0
+        for fi, foff, n in self.info.file_slices(offset, len(view)):
+            if not self.info.files[fi].padding:
+                fd = self._fd(fi, create=True)
+                assert fd is not None
+                chunk = view[pos : pos + n]
+                done = 0
+                while done < n:
+                    try:
+                        done += os.pwrite(fd, chunk[done:], foff + done)
+                    except OSError as e:
+                        raise StorageError(f"cannot write {self.paths[fi]}: {e.strerror or e}") from None
+            pos += n
+
+    def _verify_write_sync(self, index: int, data: bytes | bytearray) -> bool:
+        if hashlib.sha1(data).digest() != self.info.piece_hash(index):
+            return False
+        self._write_sync(index * self.info.piece_length, data)
+        return True
+
+    def _check_batch_sync(self, indices: list[int]) -> list[int]:
+        good = []
+        for i in indices:
+            data = self._read_sync(i * self.info.piece_length, self.info.piece_size(i), missing_ok=True)
+            if data is not None and hashlib.sha1(data).digest() == self.info.piece_hash(i):
+                good.append(i)
+        return good
+
+    # ------------------------------------------------------------------------------------- async
+    async def _run(self, fn: Callable[..., object], *args: object) -> object:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def verify_and_write(self, index: int, data: bytes | bytearray) -> bool:
+        """Hash ``data`` as piece ``index``; write it only if it matches. Returns the match."""
+        ok = await self._run(self._verify_write_sync, index, data)
+        return bool(ok)
+
+    async def recheck(self, progress: ProgressFn | None = None) -> Bitfield:
+        """Hash whatever data exists and return the pieces that verify (resume after a restart).
+
+        ``progress(done, total)`` counts bytes of the pieces whose files exist."""
+        info = self.info
+        have = Bitfield(info.num_pieces)
+        present = [os.path.exists(p) or f.padding or f.length == 0 for p, f in zip(self.paths, info.files, strict=True)]
+        candidates: list[int] = []
+        for i in range(info.num_pieces):
+            start = i * info.piece_length
+            if all(present[fi] for fi, _, _ in info.file_slices(start, info.piece_size(i))):
+                candidates.append(i)
+        for p in self.paths:
+            if os.path.lexists(p):
+                self._check_real(p)
+        total = sum(info.piece_size(i) for i in candidates)
+        per_batch = max(1, RECHECK_BATCH_BYTES // info.piece_length)
+        batches = [candidates[k : k + per_batch] for k in range(0, total, per_batch)]
+        done = 0
+        if progress:
+            progress(0, total)
+        # Two batches in flight: hashing releases the GIL, so both cores work.
+        pending: set[asyncio.Future[object]] = set()
+        loop = asyncio.get_running_loop()
+        it = iter(batches)
+        while True:
+            while len(pending) < 2:
+                batch = next(it, None)
+                if batch is None:
+                    break
+                fut = loop.run_in_executor(self.executor, self._check_batch_sync, batch)
+                fut.batch_bytes = sum(info.piece_size(i) for i in batch)  # type: ignore[attr-defined]
+                pending.add(fut)
+            if not pending:
+                break
+            finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for fut in finished:
+                good = fut.result()
+                assert isinstance(good, list)
+                for i in good:
+                    have.add(i)
+                done += fut.batch_bytes  # type: ignore[attr-defined]
+            if progress:
+                progress(done, total)
+        return have
+
+    async def read_block(self, index: int, begin: int, length: int) -> bytes:
+        """Bytes of a verified piece, through a whole-piece cache."""
+        piece = self._cache.get(index)
+        if piece is None:
+            piece = await self._load(index)
+        else:
+            self._cache.move_to_end(index)
+        if begin + length > len(piece):
+            raise StorageError(f"block {index}:{begin}+{length} is beyond the piece")
+        return piece[begin : begin + length]
+
+    async def _load(self, index: int) -> bytes:
+        fut = self._loading.get(index)
+        if fut is None:
+            loop = asyncio.get_running_loop()
+            fut = loop.create_future()
+            self._loading[index] = fut
+            try:
+                data = await loop.run_in_executor(
+                    self.executor,
+                    lambda: self._read_sync(index * self.info.piece_length, self.info.piece_size(index), missing_ok=False),
+                )
+                assert data is not None
+            except BaseException as e:
+                fut.set_exception(e)
+                fut.exception()  # mark retrieved
+                raise
+            finally:
+                self._loading.pop(index, None)
+            fut.set_result(data)
+            self._cache[index] = data
+            self._cache_bytes += len(data)
+            while self._cache_bytes > READ_CACHE_BYTES and len(self._cache) > 1:
+                _, old = self._cache.popitem(last=False)
+                self._cache_bytes -= len(old)
+            return data
+        return await asyncio.shield(fut)
+
+    def ensure_files(self) -> None:
+        """Create empty files and give every file its full length (after a complete download)."""
+        for fi, f in enumerate(self.info.files):
+            if f.padding:
+                continue
+            fd = self._fd(fi, create=True)
+            assert fd is not None
+            if os.fstat(fd).st_size != f.length:
+                os.ftruncate(fd, f.length)
+
+    def close(self) -> None:
+        with self._fd_lock:
+            for fd in self._fds.values():
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            self._fds.clear()
+        if self._own_executor:
+            self.executor.shutdown(wait=False)

@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 
 from .errors import StorageError
@@ -131,10 +131,19 @@ class FileStorage:
                         raise StorageError(f"cannot write {self.paths[fi]}: {e.strerror or e}") from None
             pos += n
 
-    def _verify_write_sync(self, index: int, data: bytes | bytearray) -> bool:
-        if hashlib.sha1(data).digest() != self.info.piece_hash(index):
+    def _verify_write_sync(self, index: int, blocks: Sequence[bytes | memoryview | None]) -> bool:
+        h = hashlib.sha1()
+        for block in blocks:
+            if block is None:
+                return False
+            h.update(block)  # releases the GIL for buffers over 2 KiB
+        if h.digest() != self.info.piece_hash(index):
             return False
-        self._write_sync(index * self.info.piece_length, data)
+        offset = index * self.info.piece_length
+        for block in blocks:
+            assert block is not None
+            self._write_sync(offset, block)
+            offset += len(block)
         return True
 
     def _check_batch_sync(self, indices: list[int]) -> list[int]:
@@ -149,9 +158,9 @@ class FileStorage:
     async def _run(self, fn: Callable[..., object], *args: object) -> object:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
-    async def verify_and_write(self, index: int, data: bytes | bytearray) -> bool:
-        """Hash ``data`` as piece ``index``; write it only if it matches. Returns the match."""
-        ok = await self._run(self._verify_write_sync, index, data)
+    async def verify_and_write(self, index: int, blocks: Sequence[bytes | memoryview | None]) -> bool:
+        """Hash the concatenated ``blocks`` as piece ``index``; write them only if it matches."""
+        ok = await self._run(self._verify_write_sync, index, blocks)
         return bool(ok)
 
     async def recheck(self, progress: ProgressFn | None = None) -> Bitfield:
@@ -171,7 +180,7 @@ class FileStorage:
                 self._check_real(p)
         total = sum(info.piece_size(i) for i in candidates)
         per_batch = max(1, RECHECK_BATCH_BYTES // info.piece_length)
-        batches = [candidates[k : k + per_batch] for k in range(0, total, per_batch)]
+        batches = [candidates[k : k + per_batch] for k in range(0, len(candidates), per_batch)]
         done = 0
         if progress:
             progress(0, total)

@@ -88,6 +88,19 @@ class _Tracker:
     started: bool = False
     #: ``tracker id`` it asked us to echo.
     tracker_id: bytes | None = None
+    #: The URL as logged: without query string (private trackers put passkeys there).
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        self.name = _display_url(self.url)
+
+
+def _display_url(url: str) -> str:
+    return url.split("?", 1)[0].split("#", 1)[0][:200]
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 class Announcer:
@@ -144,10 +157,15 @@ class Announcer:
                 try:
                     scheme = parse_tracker_url(url).scheme
                 except TrackerError as exc:
-                    log.warning("%s ignoring tracker %s: %s", self._prefix, url[:200], exc)
+                    log.warning("%s ignoring tracker %s: %s", self._prefix, _display_url(url), _one_line(exc))
                     continue
                 if scheme not in SUPPORTED_SCHEMES:
-                    log.debug("%s skipping %s tracker %s (not supported here)", self._prefix, scheme, url)
+                    log.debug(
+                        "%s skipping %s tracker %s (not supported here)",
+                        self._prefix,
+                        scheme,
+                        _display_url(url),
+                    )
                     continue
                 usable.append(_Tracker(url))
             if usable:
@@ -289,7 +307,9 @@ class Announcer:
                 key=self._key,
             )
         except Exception as exc:  # stats() is the caller's code; TrackerError from validation lands here too
-            log.warning("%s cannot build an announce: %s: %s", self._prefix, type(exc).__name__, exc)
+            log.warning(
+                "%s cannot build an announce: %s: %s", self._prefix, type(exc).__name__, _one_line(exc)
+            )
             return None
 
     async def _round(self) -> None:
@@ -312,11 +332,15 @@ class Announcer:
                 try:
                     resp = await self._announce_fn(tracker.url, req, tracker.tracker_id)
                 except BridgeError as exc:
-                    log.warning("%s tracker %s: %s", self._prefix, tracker.url, exc)
+                    log.warning("%s tracker %s: %s", self._prefix, tracker.name, _one_line(exc))
                     continue
                 except Exception as exc:  # a transport bug must not end announcing
                     log.warning(
-                        "%s tracker %s: unexpected %s: %s", self._prefix, tracker.url, type(exc).__name__, exc
+                        "%s tracker %s: unexpected %s: %s",
+                        self._prefix,
+                        tracker.name,
+                        type(exc).__name__,
+                        _one_line(exc),
                     )
                     continue
                 finally:
@@ -340,11 +364,11 @@ class Announcer:
         if self._completed_pending:
             self._early = True  # started went first; send completed as soon as min interval allows
         if resp.warning:
-            log.warning("%s tracker %s warns: %s", self._prefix, tracker.url, resp.warning)
+            log.warning("%s tracker %s warns: %s", self._prefix, tracker.name, resp.warning)
         log.debug(
             "%s tracker %s: %s ok, %d peers, next in %d s",
             self._prefix,
-            tracker.url,
+            tracker.name,
             event or "update",
             len(resp.peers),
             resp.interval,
@@ -367,6 +391,6 @@ class Announcer:
         try:
             await self._announce_fn(tracker.url, req, tracker.tracker_id)
         except Exception as exc:
-            log.warning("%s tracker %s: stopped failed: %s", self._prefix, tracker.url, exc)
+            log.warning("%s tracker %s: stopped failed: %s", self._prefix, tracker.name, _one_line(exc))
         else:
             tracker.started = False

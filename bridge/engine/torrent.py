@@ -17,7 +17,7 @@ from ..net.tcp import connect_tcp
 from ..net.transport import PeerTransport
 from ..proto import events as ev
 from ..proto.metainfo import InfoDict
-from ..proto.wire import Wire, make_reserved
+from ..proto.wire import BLOCK_SIZE, Wire, make_reserved
 from ..storage import FileStorage
 from ..swarm.bitfield import Bitfield
 from ..swarm.choker import RECHOKE_INTERVAL, ChokeCandidate, Choker
@@ -72,7 +72,8 @@ class Torrent:
         self._wake = asyncio.Event()
         self.banned: set[str] = set()
         self.hash_failures: Counter[str] = Counter()
-        self._buffers: dict[int, bytearray] = {}
+        #: received blocks of pieces being downloaded, by block number (bytes or views into received chunks)
+        self._blocks: dict[int, list[bytes | memoryview | None]] = {}
         self._contributors: dict[int, set[str]] = {}
         self._verifying: set[int] = set()
         self.uploaded = 0
@@ -288,15 +289,16 @@ class Torrent:
         self._wake.set()
 
     # ----------------------------------------------------------------------------------- events
-    def on_block(self, peer: Peer, index: int, begin: int, data: bytes) -> None:
+    def on_block(self, peer: Peer, index: int, begin: int, data: bytes | memoryview) -> None:
         if index in self._verifying:
             return
-        buf = self._buffers.get(index)
-        if buf is None:
-            buf = self._buffers[index] = bytearray(self.info.piece_size(index))
-        buf[begin : begin + len(data)] = data
-        self.downloaded += len(data)
-        self.down.add(len(data))
+        blocks = self._blocks.get(index)
+        if blocks is None:
+            blocks = self._blocks[index] = [None] * self.picker.blocks_in(index)
+        blocks[begin // BLOCK_SIZE] = data
+        n = len(data)
+        self.downloaded += n
+        self.down.add(n)
         contributors = self._contributors.get(index)
         if contributors is None:
             contributors = self._contributors[index] = set()
@@ -311,9 +313,9 @@ class Torrent:
             self._spawn(self._verify(index), f"verify {index}")
 
     async def _verify(self, index: int) -> None:
-        buf = self._buffers.pop(index)
+        blocks = self._blocks.pop(index)
         try:
-            ok = await self.storage.verify_and_write(index, buf)
+            ok = await self.storage.verify_and_write(index, blocks)
         except StorageError as e:
             self.picker.piece_failed(index)
             self.fail(str(e))
@@ -396,6 +398,10 @@ class Torrent:
                     p.release_stale()
                     p.last_block = now
                 p.fill_requests()
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("%s down %.0f up %.0f B/s, %d requested, %d queued for it, choked %s/%s",
+                              p.tag, p.down.rate, p.up.rate, len(p.outstanding), len(p.requests_in),
+                              p.peer_choking, p.am_choking)
             if now - last_rechoke >= RECHOKE_INTERVAL:
                 last_rechoke = now
                 self.rechoke(now)

@@ -1,83 +1,151 @@
-"""TCP peers over asyncio streams."""
+"""TCP peers over an asyncio Protocol (not streams).
+
+Streams copy every byte through a StreamReader buffer whose front is deleted on each read; when a fast
+sender fills that buffer, every read moves megabytes. Here received chunks are queued as they arrive and
+handed over joined, once, and reading is paused when too much waits (flow control).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import socket
+from collections import deque
 from collections.abc import Awaitable, Callable
 
-#: Bytes asked of the socket per read. Large reads let the wire codec decode many messages per wake-up
-#: (batching per read, not per message, is what keeps a Python peer fast).
-READ_SIZE = 512 * 1024
-#: Send buffer high-water mark: write() waits above this (back-pressure), 4 MiB keeps loopback busy.
+#: Bytes queued from the socket before we stop reading from it (flow control towards the sender).
+READ_QUEUE_LIMIT = 4 * 1024 * 1024
+#: Send buffer high-water mark: write() waits above this (back-pressure); 4 MiB keeps loopback busy.
 WRITE_HIGH_WATER = 4 * 1024 * 1024
-#: StreamReader buffer limit.
-READER_LIMIT = 4 * 1024 * 1024
 #: Kernel socket buffers asked for; loopback rates of hundreds of MB/s need more than the defaults.
 SOCKET_BUFFER = 4 * 1024 * 1024
 
 
-def _tune(writer: asyncio.StreamWriter) -> None:
-    sock = writer.get_extra_info("socket")
-    if sock is None:
-        return
-    for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
-        except OSError:
-            pass
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except OSError:
-        pass
-    writer.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+class TcpTransport(asyncio.Protocol):
+    """A PeerTransport over one TCP connection."""
 
-
-class TcpTransport:
     kind = "tcp"
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._reader = reader
-        self._writer = writer
-        peer = writer.get_extra_info("peername") or ("?", 0)
-        self.remote_address: tuple[str, int] = (str(peer[0]), int(peer[1]))
-        _tune(writer)
+    def __init__(self) -> None:
+        self._transport: asyncio.Transport | None = None
+        self._chunks: deque[bytes] = deque()
+        self._queued = 0
+        self._eof = False
+        self._read_paused = False
+        self._write_paused = False
+        self._read_waiter: asyncio.Future[None] | None = None
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.remote_address: tuple[str, int] = ("?", 0)
 
+    # ------------------------------------------------------------------------- protocol callbacks
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport, so no isinstance check here.
+        self._transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername") or ("?", 0)
+        self.remote_address = (str(peer[0]), int(peer[1]))
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+                except OSError:
+                    pass
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        self._transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)  # type: ignore[union-attr]
+
+    def data_received(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._queued += len(data)
+        if self._queued > READ_QUEUE_LIMIT and not self._read_paused and self._transport is not None:
+            self._read_paused = True
+            self._transport.pause_reading()
+        self._wake_reader()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake_reader()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._eof = True
+        self._wake_reader()
+        for w in self._drain_waiters:
+            if not w.done():
+                w.set_exception(ConnectionResetError("connection lost"))
+                w.exception()
+        self._drain_waiters.clear()
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        for w in self._drain_waiters:
+            if not w.done():
+                w.set_result(None)
+        self._drain_waiters.clear()
+
+    def _wake_reader(self) -> None:
+        w = self._read_waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    # ------------------------------------------------------------------------------ PeerTransport
     async def read(self) -> bytes:
-        try:
-            return await self._reader.read(READ_SIZE)
-        except (ConnectionError, OSError):
-            return b""
+        """The oldest received chunk (not a join of all: each chunk is decoded without copying)."""
+        while not self._chunks:
+            if self._eof:
+                return b""
+            self._read_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._read_waiter
+            finally:
+                self._read_waiter = None
+        data = self._chunks.popleft()
+        self._queued -= len(data)
+        if self._read_paused and self._queued <= READ_QUEUE_LIMIT // 2 and self._transport is not None:
+            self._read_paused = False
+            self._transport.resume_reading()
+        return data
 
     async def write(self, data: bytes) -> None:
-        if self._writer.is_closing():
+        t = self._transport
+        if t is None or t.is_closing():
             raise ConnectionResetError("connection closed")
-        self._writer.write(data)
-        await self._writer.drain()
+        t.write(data)
+        if self._write_paused:
+            w = asyncio.get_running_loop().create_future()
+            self._drain_waiters.append(w)
+            await w
 
     def close(self) -> None:
-        self._writer.close()
+        if self._transport is not None:
+            self._transport.close()
 
     async def wait_closed(self) -> None:
-        try:
-            await self._writer.wait_closed()
-        except (ConnectionError, OSError):
-            pass
+        await asyncio.shield(self._closed)
 
 
 async def connect_tcp(host: str, port: int, timeout: float) -> TcpTransport:
     """Dial a peer; raises OSError or TimeoutError."""
+    loop = asyncio.get_running_loop()
     async with asyncio.timeout(timeout):
-        reader, writer = await asyncio.open_connection(host, port, limit=READER_LIMIT)
-    return TcpTransport(reader, writer)
+        _, protocol = await loop.create_connection(TcpTransport, host, port)
+    return protocol
 
 
-async def serve_tcp(
-    host: str, port: int, on_connection: Callable[[TcpTransport], Awaitable[None]]
-) -> asyncio.Server:
+async def serve_tcp(host: str, port: int, on_connection: Callable[[TcpTransport], Awaitable[None]]) -> asyncio.Server:
     """Listen; each accepted connection is handed to ``on_connection`` in its own task."""
+    loop = asyncio.get_running_loop()
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await on_connection(TcpTransport(reader, writer))
+    def factory() -> TcpTransport:
+        protocol = TcpTransport()
+        loop.call_soon(lambda: loop.create_task(on_connection(protocol)))
+        return protocol
 
-    return await asyncio.start_server(handle, host, port, limit=READER_LIMIT, reuse_address=True)
+    return await loop.create_server(factory, host, port, reuse_address=True)

@@ -75,11 +75,14 @@ class Request:
 
 @dataclass(frozen=True, slots=True)
 class Piece:
-    """A block of data: bytes ``begin`` .. ``begin+len(data)`` of piece ``index``."""
+    """A block of data: bytes ``begin`` .. ``begin+len(data)`` of piece ``index``.
+
+    On receipt ``data`` may be a read-only memoryview into the received chunk (zero-copy); treat it as an
+    immutable buffer."""
 
     index: int
     begin: int
-    data: bytes = field(repr=False)
+    data: bytes | memoryview = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -105,30 +105,44 @@ class Wire:
 
     # -------------------------------------------------------------------------------------- input
     def receive_data(self, data: bytes | bytearray | memoryview) -> list[Event]:
-        """Feed bytes; return every complete event. Raises RemoteProtocolError on a protocol breach."""
-        buf = self._buf
-        buf += data
+        """Feed bytes; return every complete event. Raises RemoteProtocolError on a protocol breach.
+
+        When ``data`` is ``bytes`` and nothing is buffered, messages are decoded straight from it and a
+        Piece's ``data`` is a memoryview into it (no copy); otherwise it is a ``bytes`` copy.
+        """
         self.bytes_received += len(data)
         events: list[Event] = []
+        buf = self._buf
+        if buf or not isinstance(data, bytes):
+            buf += data
+            src: bytes | bytearray = buf
+            view = None
+        else:
+            src = data
+            view = memoryview(data)
         pos = 0
-        n = len(buf)
+        n = len(src)
         if not self._handshake_done:
             if n < 20:
-                if buf[: min(n, 20)] != PROTOCOL_NAME[:n]:
+                if src[:n] != PROTOCOL_NAME[:n]:
                     raise RemoteProtocolError("handshake: not the BitTorrent protocol")
+                self._keep(src, 0, view)
                 return events
-            if buf[:20] != PROTOCOL_NAME:
+            if src[:20] != PROTOCOL_NAME:
                 raise RemoteProtocolError("handshake: not the BitTorrent protocol")
             if n < HANDSHAKE_LENGTH:
+                self._keep(src, 0, view)
                 return events
-            events.append(Handshake(info_hash=bytes(buf[28:48]), peer_id=bytes(buf[48:68]), reserved=bytes(buf[20:28])))
+            events.append(Handshake(info_hash=bytes(src[28:48]), peer_id=bytes(src[48:68]), reserved=bytes(src[20:28])))
             self._handshake_done = True
             pos = HANDSHAKE_LENGTH
         maxlen = self.max_message_length
         unpack_u32 = _u32.unpack_from
+        unpack_two = _two.unpack_from
         append = events.append
+        decode = self._decode
         while n - pos >= 4:
-            (length,) = unpack_u32(buf, pos)
+            (length,) = unpack_u32(src, pos)
             if length == 0:
                 append(_KEEPALIVE)
                 pos += 4
@@ -138,23 +152,31 @@ class Wire:
             end = pos + 4 + length
             if end > n:
                 break
-            mid = buf[pos + 4]
+            mid = src[pos + 4]
             if mid == 7:
                 if length < 9:
                     raise RemoteProtocolError("piece message shorter than its header")
                 if length - 9 > MAX_REQUEST_LENGTH:
                     raise RemoteProtocolError(f"piece block of {length - 9} bytes is over the limit")
-                index, begin = _two.unpack_from(buf, pos + 5)
-                append(Piece(index, begin, bytes(buf[pos + 13 : end])))
+                index, begin = unpack_two(src, pos + 5)
+                block = view[pos + 13 : end] if view is not None else bytes(src[pos + 13 : end])
+                append(Piece(index, begin, block))  # type: ignore[arg-type]
             else:
-                append(self._decode(mid, buf, pos + 5, length - 1))
+                append(decode(mid, src, pos + 5, length - 1))
             pos = end
-        if pos:
-            del buf[:pos]
+        self._keep(src, pos, view)
         return events
 
+    def _keep(self, src: bytes | bytearray, pos: int, view: memoryview | None) -> None:
+        """Keep the undecoded tail ``src[pos:]`` for the next call."""
+        if view is None:
+            if pos:
+                del self._buf[:pos]
+        elif pos < len(src):
+            self._buf = bytearray(view[pos:])
+
     @staticmethod
-    def _decode(mid: int, buf: bytearray, at: int, size: int) -> Message:
+    def _decode(mid: int, buf: bytes | bytearray, at: int, size: int) -> Message:
         simple = _SIMPLE.get(mid)
         if simple is not None:
             if size:

@@ -268,6 +268,23 @@ def cmd_seed(args: argparse.Namespace) -> int:
                                            download=False))
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    if args.path is not None and not os.path.exists(args.path):
+        raise UsageError(f"{args.path}: no such file or folder")
+
+    async def run() -> int:
+        stop = asyncio.Event()
+        _stop_on_signals(stop)
+        try:
+            return await run_demo(args.path, args.workdir, stop, keep_seeding=not args.exit)
+        except MetainfoError as e:
+            raise UsageError(str(e)) from None
+
+    return run_async(run)
+
+
 # ----------------------------------------------------------------------------------------- parser
 
 
@@ -311,6 +328,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="DIR", help="where a .torrent's data lives (default .)")
     _add_net_options(p)
     p.set_defaults(func=cmd_seed)
+    p = sub.add_parser("demo", help="seed and download a sample on this machine (no tracker needed)")
+    p.add_argument("path", nargs="?", help="file or folder to use instead of a generated sample")
+    p.add_argument("--workdir", metavar="DIR", help="where to put the demo's files (default: a new temp folder)")
+    p.add_argument("--exit", action="store_true", help="exit after the download instead of seeding on")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

@@ -17,7 +17,7 @@ from .config import SessionConfig
 from .create import make_info
 from .engine.session import Session
 from .progress import Progress, human_bytes
-from .proto.metainfo import build_torrent, parse_torrent
+from .proto.metainfo import InfoDict, build_torrent, parse_torrent
 
 #: Size of the generated sample file.
 DEMO_SIZE = 64 * 1024 * 1024
@@ -35,28 +35,33 @@ def _make_sample(folder: str, size: int) -> str:
     return path
 
 
-async def run_demo(path: str | None, workdir: str | None, stop: asyncio.Event, keep_seeding: bool) -> int:
-    base = workdir or tempfile.mkdtemp(prefix="webtorrent-bridge-demo-")
+def _prepare(path: str | None, workdir: str | None) -> tuple[str, str, InfoDict, str]:
+    """Blocking set-up: folders, the sample, hashing. Returns (data path, download dir, info, .torrent)."""
+    base = os.path.abspath(workdir or tempfile.mkdtemp(prefix="webtorrent-bridge-demo-"))
     src_dir = os.path.join(base, "seed")
-    dl_dir = os.path.join(base, "download")
     os.makedirs(src_dir, exist_ok=True)
     if path is None:
         print(f"creating a {human_bytes(DEMO_SIZE)} sample file in {src_dir}", file=sys.stderr)
         path = _make_sample(src_dir, DEMO_SIZE)
+    path = os.path.abspath(path)
     hashing = Progress("hashing")
-    info = await asyncio.to_thread(make_info, path, None, None, False, lambda d, t: hashing.update(d, t))
+    info = make_info(path, progress=hashing.update)
     hashing.done()
-    meta = parse_torrent(build_torrent(info, created_by="webtorrent-bridge demo"))
     torrent_path = os.path.join(base, f"{info.name}.torrent")
     with open(torrent_path, "wb") as f:
         f.write(build_torrent(info, created_by="webtorrent-bridge demo"))
+    return path, os.path.join(base, "download"), info, torrent_path
 
+
+async def run_demo(path: str | None, workdir: str | None, stop: asyncio.Event, keep_seeding: bool) -> int:
+    data_path, dl_dir, info, torrent_path = await asyncio.to_thread(_prepare, path, workdir)
+    meta = parse_torrent(build_torrent(info))
     seeder = Session(SessionConfig(host="127.0.0.1", port=0))
     leecher = Session(SessionConfig(host="127.0.0.1", port=0))
     try:
         await seeder.start()
         await leecher.start()
-        await seeder.add_torrent(info, os.path.dirname(os.path.abspath(path)), seed=True)
+        await seeder.add_torrent(info, os.path.dirname(data_path), seed=True)
         print(f"seeding {info.name} on 127.0.0.1:{seeder.listen_port}", file=sys.stderr)
         dl = await leecher.add_torrent(info, dl_dir, peers=[("127.0.0.1", seeder.listen_port)])
         bar = Progress("downloading")

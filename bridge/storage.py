@@ -163,21 +163,27 @@ class FileStorage:
         ok = await self._run(self._verify_write_sync, index, blocks)
         return bool(ok)
 
+    def _recheck_candidates(self) -> list[int]:
+        """Pieces whose files all exist (stat calls: run in a thread)."""
+        info = self.info
+        for p in self.paths:
+            if os.path.lexists(p):
+                self._check_real(p)
+        present = [os.path.exists(p) or f.padding or f.length == 0 for p, f in zip(self.paths, info.files, strict=True)]
+        return [
+            i
+            for i in range(info.num_pieces)
+            if all(present[fi] for fi, _, _ in info.file_slices(i * info.piece_length, info.piece_size(i)))
+        ]
+
     async def recheck(self, progress: ProgressFn | None = None) -> Bitfield:
         """Hash whatever data exists and return the pieces that verify (resume after a restart).
 
         ``progress(done, total)`` counts bytes of the pieces whose files exist."""
         info = self.info
         have = Bitfield(info.num_pieces)
-        present = [os.path.exists(p) or f.padding or f.length == 0 for p, f in zip(self.paths, info.files, strict=True)]
-        candidates: list[int] = []
-        for i in range(info.num_pieces):
-            start = i * info.piece_length
-            if all(present[fi] for fi, _, _ in info.file_slices(start, info.piece_size(i))):
-                candidates.append(i)
-        for p in self.paths:
-            if os.path.lexists(p):
-                self._check_real(p)
+        loop = asyncio.get_running_loop()
+        candidates = await loop.run_in_executor(self.executor, self._recheck_candidates)
         total = sum(info.piece_size(i) for i in candidates)
         per_batch = max(1, RECHECK_BATCH_BYTES // info.piece_length)
         batches = [candidates[k : k + per_batch] for k in range(0, len(candidates), per_batch)]
@@ -185,8 +191,7 @@ class FileStorage:
         if progress:
             progress(0, total)
         # Two batches in flight: hashing releases the GIL, so both cores work.
-        pending: set[asyncio.Future[object]] = set()
-        loop = asyncio.get_running_loop()
+        pending: dict[asyncio.Future[list[int]], int] = {}  # future -> bytes it checks
         it = iter(batches)
         while True:
             while len(pending) < 2:
@@ -194,17 +199,14 @@ class FileStorage:
                 if batch is None:
                     break
                 fut = loop.run_in_executor(self.executor, self._check_batch_sync, batch)
-                fut.batch_bytes = sum(info.piece_size(i) for i in batch)  # type: ignore[attr-defined]
-                pending.add(fut)
+                pending[fut] = sum(info.piece_size(i) for i in batch)
             if not pending:
                 break
-            finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            finished, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             for fut in finished:
-                good = fut.result()
-                assert isinstance(good, list)
-                for i in good:
+                for i in fut.result():
                     have.add(i)
-                done += fut.batch_bytes  # type: ignore[attr-defined]
+                done += pending.pop(fut)
             if progress:
                 progress(done, total)
         return have

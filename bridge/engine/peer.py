@@ -29,8 +29,8 @@ log = logging.getLogger(__name__)
 
 #: Requests we queue from one peer (our BEP 10 ``reqq``); libtorrent allows 2000 per peer by default.
 MAX_QUEUED_REQUESTS = 2000
-#: A peer that keeps asking while its queue is this far over the limit is flooding, and is dropped.
-REQUEST_FLOOD_LIMIT = 2 * MAX_QUEUED_REQUESTS
+#: Requests refused for a full queue before the peer counts as flooding and is dropped.
+REQUEST_FLOOD_LIMIT = MAX_QUEUED_REQUESTS
 #: Bytes of piece data gathered into one write when serving (fewer, larger writes).
 UPLOAD_BATCH_BYTES = 256 * 1024
 #: Unrequested or unwanted blocks tolerated before the peer is dropped.
@@ -69,6 +69,7 @@ class Peer:
         self.last_sent = now
         self.last_block = now
         self.wasted = 0
+        self.refused_requests = 0
         self._out: list[bytes] = []
         self._wake = asyncio.Event()
         self.closed = False
@@ -187,10 +188,9 @@ class Peer:
 
     # ---------------------------------------------------------------------------------- handling
     def _handle_all(self, events: list[ev.Event]) -> None:
-        piece_t = ev.Piece
         for e in events:
-            if type(e) is piece_t:
-                self._on_piece(e)  # type: ignore[arg-type]
+            if isinstance(e, ev.Piece):
+                self._on_piece(e)
             else:
                 self._handle(e)
         self.fill_requests()
@@ -276,8 +276,10 @@ class Peer:
             self.requests_in.append((index, begin, length))
             self._wake.set()
             return
-        if len(self.requests_in) >= REQUEST_FLOOD_LIMIT:
-            raise RemoteProtocolError("request flood")
+        if len(self.requests_in) >= MAX_QUEUED_REQUESTS:
+            self.refused_requests += 1
+            if self.refused_requests > REQUEST_FLOOD_LIMIT:
+                raise RemoteProtocolError(f"request flood: more than {MAX_QUEUED_REQUESTS} queued")
         if self.fast:
             self.send(ev.RejectRequest(index, begin, length))
 

@@ -7,9 +7,9 @@ import contextlib
 import logging
 import random
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from collections import Counter
+from collections.abc import Callable, Coroutine, Iterable
+from typing import TYPE_CHECKING, Any
 
 from ..config import PeerConfig
 from ..errors import BridgeError, RemoteProtocolError, StorageError
@@ -110,9 +110,8 @@ class Torrent:
         return self.completed.is_set()
 
     # -------------------------------------------------------------------------------- lifecycle
-    def _spawn(self, coro: object, name: str) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
-        task.set_name(name)
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task
@@ -136,7 +135,7 @@ class Torrent:
                 port=self.listen_port,
                 stats=lambda: (self.uploaded, self.downloaded, self.left),
                 on_peers=lambda peers: self.add_peers(peers),
-                http=self.session.http,
+                session=self.session.http,
             )
             self._announcer = announcer
             if self.is_complete:
@@ -208,7 +207,7 @@ class Torrent:
 
     def _retry_delay(self, addr: Address) -> float:
         n = self._failures[addr]
-        return min(RETRY_MAX, RETRY_BASE * (2 ** min(n, 10)))
+        return float(min(RETRY_MAX, RETRY_BASE * (2 ** min(n, 10))))
 
     async def _dial(self, addr: Address) -> None:
         cfg = self.config

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 #: Bytes queued from the socket before we stop reading from it (flow control towards the sender).
 READ_QUEUE_LIMIT = 4 * 1024 * 1024
@@ -139,7 +140,7 @@ async def connect_tcp(host: str, port: int, timeout: float) -> TcpTransport:
     return protocol
 
 
-async def serve_tcp(host: str, port: int, on_connection: Callable[[TcpTransport], Awaitable[None]]) -> asyncio.Server:
+async def serve_tcp(host: str, port: int, on_connection: Callable[[TcpTransport], Coroutine[Any, Any, None]]) -> asyncio.Server:
     """Listen; each accepted connection is handed to ``on_connection`` in its own task."""
     loop = asyncio.get_running_loop()
 

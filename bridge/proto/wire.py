@@ -65,11 +65,19 @@ _NOT_INTERESTED = NotInterested()
 _HAVE_ALL = HaveAll()
 _HAVE_NONE = HaveNone()
 
-_SIMPLE = {0: _CHOKE, 1: _UNCHOKE, 2: _INTERESTED, 3: _NOT_INTERESTED, 14: _HAVE_ALL, 15: _HAVE_NONE}
+_SIMPLE: dict[int, Message] = {0: _CHOKE, 1: _UNCHOKE, 2: _INTERESTED, 3: _NOT_INTERESTED, 14: _HAVE_ALL, 15: _HAVE_NONE}
 _SIMPLE_IDS = {Choke: 0, Unchoke: 1, Interested: 2, NotInterested: 3, HaveAll: 14, HaveNone: 15}
-_INDEX_MSGS = {4: Have, 13: SuggestPiece, 17: AllowedFast}
+_INDEX_MSGS: dict[int, type[Have] | type[SuggestPiece] | type[AllowedFast]] = {
+    4: Have,
+    13: SuggestPiece,
+    17: AllowedFast,
+}
 _INDEX_IDS = {Have: 4, SuggestPiece: 13, AllowedFast: 17}
-_TRIPLE_MSGS = {6: Request, 8: Cancel, 16: RejectRequest}
+_TRIPLE_MSGS: dict[int, type[Request] | type[Cancel] | type[RejectRequest]] = {
+    6: Request,
+    8: Cancel,
+    16: RejectRequest,
+}
 _TRIPLE_IDS = {Request: 6, Cancel: 8, RejectRequest: 16}
 
 
@@ -160,7 +168,7 @@ class Wire:
                     raise RemoteProtocolError(f"piece block of {length - 9} bytes is over the limit")
                 index, begin = unpack_two(src, pos + 5)
                 block = view[pos + 13 : end] if view is not None else bytes(src[pos + 13 : end])
-                append(Piece(index, begin, block))  # type: ignore[arg-type]
+                append(Piece(index, begin, block))
             else:
                 append(decode(mid, src, pos + 5, length - 1))
             pos = end
@@ -177,7 +185,7 @@ class Wire:
 
     @staticmethod
     def _decode(mid: int, buf: bytes | bytearray, at: int, size: int) -> Message:
-        simple = _SIMPLE.get(mid)
+        simple: Message | None = _SIMPLE.get(mid)
         if simple is not None:
             if size:
                 raise RemoteProtocolError(f"message {mid} has {size} unexpected payload bytes")

@@ -142,12 +142,12 @@ class PiecePicker:
                 if len(out) >= count:
                     return out
         while len(out) < count:
-            index = self._new_piece(peer_bits)
-            if index is None:
+            new = self._new_piece(peer_bits)
+            if new is None:
                 break
-            p = _Partial(self.blocks_in(index))
-            self.partial[index] = p
-            self._take(index, p, count - len(out), out)
+            p = _Partial(self.blocks_in(new))
+            self.partial[new] = p
+            self._take(new, p, count - len(out), out)
         if len(out) < count and self.in_endgame():
             self.endgame_active = True
             self._endgame(peer_bits, count, outstanding, out)

@@ -137,9 +137,7 @@ class Torrent:
                 on_peers=lambda peers: self.add_peers(peers),
                 session=self.session.http,
             )
-            self._announcer = announcer
-            if self.is_complete:
-                announcer.completed()
+            self._announcer = announcer  # a seed from the start announces started with left=0, never completed
             self._spawn(announcer.run(), f"announce {self.tag}")
 
     async def stop(self) -> None:

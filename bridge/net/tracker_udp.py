@@ -136,12 +136,14 @@ class _ClientProtocol(asyncio.DatagramProtocol):
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return None
+            # A plain future and a timer rather than asyncio.wait_for: on 3.11, wait_for can swallow the
+            # caller's cancellation (the announce deadline) when the future completes at the same moment.
             self._waiter = loop.create_future()
+            timer = loop.call_later(remaining, self._wake)
             try:
-                await asyncio.wait_for(self._waiter, remaining)
-            except TimeoutError:
-                return None
+                await self._waiter
             finally:
+                timer.cancel()
                 self._waiter = None
         return self._queue.popleft()
 

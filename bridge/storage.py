@@ -78,6 +78,8 @@ class FileStorage:
             path = self.paths[file_index]
             try:
                 if create:
+                    # Check first too: makedirs would otherwise create folders below a symlink that leads out.
+                    self._check_real(os.path.dirname(path))
                     os.makedirs(os.path.dirname(path), exist_ok=True)
                 self._check_real(os.path.dirname(path))
                 flags = os.O_RDWR | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)

@@ -210,8 +210,8 @@ class Peer:
                         self.set_interested(True)
                     t.on_peer_have(self)
             case ev.Bitfield(bits=bits):
-                if self._got_bitfield:
-                    raise RemoteProtocolError("second bitfield")
+                # A bitfield is meant to come once, first; aria2 sends a second one after "interested".
+                # Treat a later one as the peer's new full state.
                 self._set_bits(Bitfield.from_bytes(bits, n))
             case ev.HaveAll() | ev.HaveNone():
                 if not self.fast:

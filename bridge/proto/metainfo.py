@@ -394,11 +394,15 @@ def build_info(
     private: bool = False,
 ) -> InfoDict:
     """Build and validate an info dict. ``files`` is the length of a single file, or (path parts, length) pairs."""
-    d: dict[bytes, Any] = {b"name": name.encode("utf-8"), b"piece length": piece_length, b"pieces": pieces}
-    if isinstance(files, int):
-        d[b"length"] = files
-    else:
-        d[b"files"] = [{b"length": n, b"path": [p.encode("utf-8") for p in parts]} for parts, n in files]
+    try:
+        d: dict[bytes, Any] = {b"name": name.encode("utf-8"), b"piece length": piece_length, b"pieces": pieces}
+        if isinstance(files, int):
+            d[b"length"] = files
+        else:
+            d[b"files"] = [{b"length": n, b"path": [p.encode("utf-8") for p in parts]} for parts, n in files]
+    except UnicodeEncodeError as e:
+        # e.g. a file name that is not UTF-8 on disk (os.walk hands it over with surrogate escapes)
+        raise MetainfoError(f"info: a name is not valid UTF-8 text: {e.object[:60]!r}") from None
     if private:
         d[b"private"] = 1
     raw = bencode.encode(d)
@@ -427,12 +431,11 @@ def build_torrent(
     if created_by:
         top[b"created by"] = created_by
     top[b"creation date"] = int(time.time()) if creation_date is None else creation_date
-    # Encode with a placeholder and splice the exact info bytes in, keeping keys sorted.
-    top[b"info"] = 0
-    encoded = bencode.encode(top)
-    marker = b"4:infoi0e"
-    at = encoded.index(marker) + 6
-    return encoded[:at] + info.raw + encoded[at + 3 :]
+    # Splice the exact info bytes in between the keys that sort before and after "info", keeping keys sorted
+    # (searching the encoding for a placeholder would also match the same bytes inside a comment or URL).
+    before = bencode.encode({k: v for k, v in top.items() if k < b"info"})
+    after = bencode.encode({k: v for k, v in top.items() if k > b"info"})
+    return before[:-1] + b"4:info" + info.raw + after[1:]
 
 
 # ------------------------------------------------------------------------------------------ magnets
@@ -449,7 +452,7 @@ def parse_hostport(text: str) -> tuple[str, int]:
         host, sep, port_text = text[1:].partition("]:")
     else:
         host, sep, port_text = text.rpartition(":")
-    if not sep or not host or not port_text.isdigit():
+    if not sep or not host or not (port_text.isascii() and port_text.isdigit() and len(port_text) <= 5):
         raise MetainfoError(f"peer address {text[:80]!r}: expected HOST:PORT")
     port = int(port_text)
     if not 0 < port < 65536:
@@ -466,16 +469,22 @@ def parse_info_hash(text: str) -> bytes:
             pass
     elif len(text) == 32:
         try:
-            return base64.b32decode(text.upper())
+            raw = base64.b32decode(text.upper())
         except (binascii.Error, ValueError):
             pass
+        else:
+            if len(raw) == 20:  # '=' padding inside the 32 characters decodes to fewer bytes
+                return raw
     raise MetainfoError(f"info-hash {text[:60]!r}: expected 40 hex digits or 32 base32 characters")
 
 
 def parse_magnet(uri: str) -> Magnet:
     if len(uri) > MAX_MAGNET_LENGTH:
         raise MetainfoError(f"magnet: longer than {MAX_MAGNET_LENGTH} characters")
-    split = urlsplit(uri.strip())
+    try:
+        split = urlsplit(uri.strip())
+    except ValueError as e:
+        raise MetainfoError(f"magnet: {e}") from None
     if split.scheme.lower() != "magnet":
         raise MetainfoError("magnet: URI does not start with 'magnet:'")
     info_hash: bytes | None = None

@@ -180,16 +180,12 @@ class PiecePicker:
         while order and (order[0] in self.partial or order[0] in self.have):
             order.pop(0)
         if len(self.have) < RANDOM_FIRST_PIECES:
-            top = order[0] if order else None
-            top_prio = self.priority[top] if top is not None else 0
-            candidates = [
-                i
-                for i in order
-                if i in peer_bits and i not in self.partial and i not in self.have and self.priority[i] == top_prio
-            ]
-            if candidates:
-                return self.rng.choice(candidates)
-            return None
+            # Random among the highest priority this peer can give us (order is sorted by priority first).
+            candidates = [i for i in order if i in peer_bits and i not in self.partial and i not in self.have]
+            if not candidates:
+                return None
+            top_prio = self.priority[candidates[0]]
+            return self.rng.choice([i for i in candidates if self.priority[i] == top_prio])
         for i in order:
             if i in peer_bits and i not in self.partial and i not in self.have:
                 return i
@@ -206,6 +202,8 @@ class PiecePicker:
     def _endgame(
         self, peer_bits: Bitfield, count: int, outstanding: Container[tuple[int, int]], out: list[Block]
     ) -> None:
+        # Blocks handed out earlier in this same call are not in ``outstanding`` yet: never twice to one peer.
+        taken = {(index, begin) for index, begin, _ in out}
         for index, p in self.partial.items():
             if index not in peer_bits:
                 continue
@@ -213,7 +211,7 @@ class PiecePicker:
                 if p.received[b] or p.requested[b] >= ENDGAME_MAX_DUPLICATES:
                     continue
                 begin = b * BLOCK_SIZE
-                if (index, begin) in outstanding:
+                if (index, begin) in outstanding or (index, begin) in taken:
                     continue
                 p.requested[b] += 1
                 out.append((index, begin, self.block_length(index, begin)))

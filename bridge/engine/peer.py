@@ -337,6 +337,14 @@ class Peer:
             self.torrent.picker.release(index, begin)
             self.send(ev.Cancel(index, begin, length))
 
+    def forget_piece(self, index: int) -> None:
+        """Cancel our requests for a piece that was just verified or failed (no picker bookkeeping)."""
+        stale = [key for key in self.outstanding if key[0] == index]
+        for key in stale:
+            length = self.outstanding.pop(key)
+            if not self.closed:
+                self.send(ev.Cancel(index, key[1], length))
+
     def release_stale(self) -> None:
         """Give back every outstanding request (the peer stopped delivering)."""
         self._release_all()

@@ -261,4 +261,3 @@ class PiecePicker:
         """The hash did not match: forget every block of the piece and want it again."""
         self.partial.pop(index, None)
         self._dirty = True
-        self.endgame_active = False

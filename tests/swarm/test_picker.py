@@ -359,7 +359,8 @@ def test_piece_failed_makes_the_piece_wanted_again() -> None:
     assert p.received(0, BLOCK_SIZE)
     p.endgame_active = True
     p.piece_failed(0)
-    assert not p.endgame_active
+    # Endgame duplicates of other pieces may still be out, so cancelling must stay on.
+    assert p.endgame_active
     assert 0 not in p.have and 0 not in p.partial
     assert p.wanted(0) and not p.complete
     assert p.pick(full(2), 10, NOTHING) == first

@@ -19,6 +19,8 @@ from .errors import BridgeError, MetainfoError
 from .progress import Progress, human_bytes
 from .proto.metainfo import (
     MAX_TORRENT_SIZE,
+    InfoDict,
+    Magnet,
     Metainfo,
     build_torrent,
     parse_hostport,
@@ -69,21 +71,18 @@ def load_torrent_file(path: str) -> Metainfo:
         raise UsageError(f"{path}: invalid torrent: {e}") from None
 
 
-def resolve_source(source: str) -> Metainfo:
-    """A .torrent path; magnets and bare info-hashes need metadata from peers (not supported yet)."""
+def resolve_source(source: str) -> Metainfo | Magnet:
+    """A .torrent path, a magnet URI or a bare info-hash (the last two fetch the metadata from peers)."""
     if source.startswith("magnet:"):
         try:
-            parse_magnet(source)
+            return parse_magnet(source)
         except MetainfoError as e:
             raise UsageError(f"invalid magnet URI: {e}") from None
-        raise UsageError("magnet links need metadata from peers, which this version cannot fetch yet; use a .torrent")
     if len(source) in (32, 40) and not os.path.exists(source):
         try:
-            parse_info_hash(source)
+            return Magnet(info_hash=parse_info_hash(source))
         except MetainfoError:
             pass
-        else:
-            raise UsageError("a bare info-hash needs metadata from peers, which this version cannot fetch yet")
     if not os.path.exists(source):
         raise UsageError(f"{source}: no such file (expected a .torrent file, magnet URI or info-hash)")
     return load_torrent_file(source)
@@ -163,7 +162,16 @@ def cmd_create(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _run_transfer(args: argparse.Namespace, meta: Metainfo, data_dir: str, *, seed: bool,
+def save_torrent_file(info: InfoDict, trackers: list[list[str]], webseeds: tuple[str, ...], folder: str) -> str:
+    """Write a fetched torrent as FOLDER/<name>.torrent (next to the data) and return the path."""
+    path = os.path.join(folder, f"{info.name}.torrent")
+    data = build_torrent(info, trackers, webseeds, created_by=f"webtorrent-bridge {__version__}")
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+async def _run_transfer(args: argparse.Namespace, source: Metainfo | Magnet, data_dir: str, *, seed: bool,
                         extra_trackers: list[str], peers: list[tuple[str, int]], download: bool) -> int:
     from .engine.session import Session
 
@@ -179,11 +187,44 @@ async def _run_transfer(args: argparse.Namespace, meta: Metainfo, data_dir: str,
     code = 0
     try:
         checking = Progress("checking")
-        trackers = [list(t) for t in meta.trackers] + [[u] for u in extra_trackers]
-        torrent = await session.add_torrent(
-            meta.info, data_dir, trackers=trackers, peers=peers, seed=seed,
-            progress=lambda d, t: checking.update(d, t) if t else None,
-        )
+
+        def report(done: int, total: int) -> None:
+            if total:
+                checking.update(done, total)
+
+        if isinstance(source, Magnet):
+            trackers = [[t] for t in source.trackers] + [[u] for u in extra_trackers]
+            waiting = Progress("fetching metadata")
+
+            def got_metadata(info: InfoDict) -> None:
+                waiting.done()
+                if getattr(args, "save_torrent", False):
+                    path = save_torrent_file(info, trackers, source.webseeds, data_dir)
+                    print(f"saved {path}", file=sys.stderr)
+
+            fetch = asyncio.ensure_future(session.add_magnet(
+                source.info_hash, data_dir, name=source.name, trackers=trackers,
+                peers=[*peers, *source.peers], seed=seed, progress=report, on_metadata=got_metadata,
+            ))
+            stop_wait = asyncio.ensure_future(stop.wait())
+            try:
+                await asyncio.wait([fetch, stop_wait], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop_wait.cancel()
+            if not fetch.done():
+                fetch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await fetch
+                print("interrupted while fetching the metadata", file=sys.stderr)
+                return 130
+            torrent = fetch.result()
+            meta = Metainfo(info=torrent.info, trackers=tuple(tuple(t) for t in trackers), url_list=source.webseeds)
+        else:
+            meta = source
+            trackers = [list(t) for t in meta.trackers] + [[u] for u in extra_trackers]
+            torrent = await session.add_torrent(
+                meta.info, data_dir, trackers=trackers, peers=peers, seed=seed, progress=report,
+            )
         checking.done()
         info = meta.info
         if not download:
@@ -320,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", help=".torrent file, magnet URI or 40-hex info-hash")
     p.add_argument("-o", "--output", default=".", metavar="DIR", help="download directory (default .)")
     p.add_argument("--seed", action="store_true", help="keep seeding after the download completes")
+    p.add_argument("--save-torrent", action="store_true",
+                   help="for a magnet: save the fetched metadata as DIR/<name>.torrent")
     _add_net_options(p)
     p.set_defaults(func=cmd_download)
 

@@ -16,7 +16,26 @@ from .. import __version__
 from ..errors import BridgeError, RemoteProtocolError
 from ..net.transport import PeerTransport
 from ..proto import events as ev
-from ..proto.extension import ExtendedHandshake, decode_handshake, encode_handshake
+from ..proto.extension import (
+    LT_DONTHAVE,
+    METADATA_DATA,
+    METADATA_PIECE_SIZE,
+    METADATA_REJECT,
+    METADATA_REQUEST,
+    OUR_EXTENSION_IDS,
+    UT_METADATA,
+    UT_PEX,
+    ExtendedHandshake,
+    MetadataMessage,
+    PexMessage,
+    decode_handshake,
+    decode_metadata,
+    decode_pex,
+    encode_handshake,
+    encode_metadata,
+    encode_pex,
+    metadata_piece_count,
+)
 from ..proto.wire import BLOCK_SIZE, Wire, encode_piece_header, encode_request
 from ..swarm.bitfield import Bitfield
 from ..swarm.pipeline import DEFAULT_PEER_REQQ, pipeline_depth
@@ -35,12 +54,25 @@ REQUEST_FLOOD_LIMIT = MAX_QUEUED_REQUESTS
 UPLOAD_BATCH_BYTES = 256 * 1024
 #: Unrequested or unwanted blocks tolerated before the peer is dropped.
 MAX_WASTED_BLOCKS = 500
+#: ut_metadata requests served per connection: every piece a few times over is plenty for an honest peer.
+MAX_METADATA_REQUESTS_SLACK = 16
+#: PEX messages accepted per minute from one peer (BEP 11 senders send at most one a minute).
+MAX_PEX_PER_MINUTE = 2
 
 
 class Peer:
     """State and tasks of one peer connection."""
 
-    def __init__(self, torrent: Torrent, transport: PeerTransport, wire: Wire, handshake: ev.Handshake) -> None:
+    def __init__(
+        self,
+        torrent: Torrent,
+        transport: PeerTransport,
+        wire: Wire,
+        handshake: ev.Handshake,
+        *,
+        outgoing: bool = False,
+        opened: bool = False,
+    ) -> None:
         self.torrent = torrent
         self.transport = transport
         self.wire = wire
@@ -62,6 +94,19 @@ class Peer:
         self.reqq = DEFAULT_PEER_REQQ
         self.client = ""
         self.upload_only = False
+        self.outgoing = outgoing
+        #: the opening messages (bitfield or have-none, extended handshake) were sent while fetching metadata
+        self._opened = opened
+        #: extension name -> the id the peer wants that message on (BEP 10 ``m``)
+        self.their_ext: dict[str, int] = {}
+        #: where the peer accepts connections, if known (dialled address, or its handshake's ``p``)
+        self.listen_address: tuple[str, int] | None = self.address if outgoing else None
+        self._metadata_served = 0
+        self._pex_times: deque[float] = deque()
+        #: addresses last told to this peer through PEX
+        self.pex_sent: set[tuple[str, int]] = set()
+        #: when we last sent this peer a PEX message
+        self.pex_at = float("-inf")
         now = time.monotonic()
         self.down = RateMeter(now)
         self.up = RateMeter(now)
@@ -141,24 +186,38 @@ class Peer:
             t.peer_gone(self)
             await self.transport.wait_closed()
 
+    def extended_handshake(self) -> ExtendedHandshake:
+        t = self.torrent
+        m = dict(OUR_EXTENSION_IDS)
+        if t.info.private:
+            m.pop(UT_PEX)  # BEP 27: no PEX on private torrents
+        return ExtendedHandshake(
+            m=m,
+            v=f"webtorrent-bridge {__version__}",
+            p=t.listen_port or None,
+            reqq=MAX_QUEUED_REQUESTS,
+            metadata_size=len(t.info.raw),
+            upload_only=t.picker.complete,
+        )
+
     def _send_opening(self) -> None:
         t = self.torrent
-        if self.extended:
-            hs = ExtendedHandshake(
-                m={},
-                v=f"webtorrent-bridge {__version__}",
-                p=t.listen_port or None,
-                reqq=MAX_QUEUED_REQUESTS,
-                upload_only=t.picker.complete,
-            )
-            self.send(ev.Extended(0, encode_handshake(hs)))
         have = t.picker.have
+        if self._opened:
+            # Metadata was fetched on this connection: we already said have-none; now say what we have.
+            if self.extended:
+                self.send(ev.Extended(0, encode_handshake(self.extended_handshake())))
+            for i in have:
+                self.send(ev.Have(i))
+            return
         if self.fast and have.complete:
             self.send(ev.HaveAll())
         elif self.fast and len(have) == 0:
             self.send(ev.HaveNone())
         elif len(have):
             self.send(ev.Bitfield(have.to_bytes()))
+        if self.extended:
+            self.send(ev.Extended(0, encode_handshake(self.extended_handshake())))
 
     async def _sender(self) -> None:
         """The only writer: flushes queued messages and serves requested blocks, with back-pressure."""
@@ -244,14 +303,65 @@ class Peer:
                 hs = decode_handshake(payload)
                 if hs.reqq:
                     self.reqq = hs.reqq
-                self.client = hs.v or ""
+                self.client = hs.v or self.client
                 self.upload_only = hs.upload_only
+                self.their_ext = {k: v for k, v in hs.m.items() if v}
+                if hs.p and not self.outgoing:
+                    self.listen_address = (self.address[0], hs.p)
+                if self.upload_only and t.is_complete:
+                    self.close("both sides are seeds")
+            case ev.Extended(ext_id=ext_id, payload=payload) if ext_id == OUR_EXTENSION_IDS[UT_METADATA]:
+                self._on_metadata(payload)
+            case ev.Extended(ext_id=ext_id, payload=payload) if ext_id == OUR_EXTENSION_IDS[UT_PEX]:
+                self._on_pex(payload)
+            case ev.Extended(ext_id=ext_id, payload=payload) if ext_id == OUR_EXTENSION_IDS[LT_DONTHAVE]:
+                if len(payload) != 4:
+                    raise RemoteProtocolError("lt_donthave payload is not 4 bytes")
+                index = int.from_bytes(payload, "big")
+                if index < n and self.bits.discard(index):
+                    t.picker.peer_lost(index)
             case ev.KeepAlive() | ev.Extended() | ev.Port() | ev.SuggestPiece() | ev.AllowedFast():
                 pass
             case ev.UnknownMessage(msg_id=msg_id):
                 log.debug("%s ignored unknown message %d", self.tag, msg_id)
             case ev.Handshake():
                 raise RemoteProtocolError("second handshake")
+
+    def _on_metadata(self, payload: bytes) -> None:
+        msg = decode_metadata(payload)
+        their_id = self.their_ext.get(UT_METADATA)
+        if msg.msg_type != METADATA_REQUEST or their_id is None:
+            return  # we have the metadata already; data and rejects are of no use
+        raw = self.torrent.info.raw
+        pieces = metadata_piece_count(len(raw))
+        self._metadata_served += 1
+        if msg.piece >= pieces or self._metadata_served > 2 * pieces + MAX_METADATA_REQUESTS_SLACK:
+            self.send(ev.Extended(their_id, encode_metadata(MetadataMessage(METADATA_REJECT, msg.piece))))
+            return
+        start = msg.piece * METADATA_PIECE_SIZE
+        data = raw[start : start + METADATA_PIECE_SIZE]
+        self.send(ev.Extended(their_id, encode_metadata(MetadataMessage(METADATA_DATA, msg.piece, len(raw), data))))
+
+    def _on_pex(self, payload: bytes) -> None:
+        t = self.torrent
+        if t.info.private:
+            return
+        now = time.monotonic()
+        times = self._pex_times
+        while times and now - times[0] > 60:
+            times.popleft()
+        if len(times) >= MAX_PEX_PER_MINUTE:
+            log.debug("%s ignored a PEX message: more than %d a minute", self.tag, MAX_PEX_PER_MINUTE)
+            return
+        times.append(now)
+        msg = decode_pex(payload)
+        t.add_peers([(host, port) for host, port, _flags in msg.added], source="pex")
+
+    def send_pex(self, added: list[tuple[str, int, int]], dropped: list[tuple[str, int]]) -> None:
+        their_id = self.their_ext.get(UT_PEX)
+        if their_id is None or self.torrent.info.private or not (added or dropped):
+            return
+        self.send(ev.Extended(their_id, encode_pex(PexMessage(tuple(added), tuple(dropped)))))
 
     def _set_bits(self, bits: Bitfield) -> None:
         self._got_bitfield = True

@@ -7,7 +7,7 @@ import logging
 import os
 import secrets
 import string
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import aiohttp
 
@@ -15,10 +15,12 @@ from .. import __version__
 from ..config import SessionConfig
 from ..errors import RemoteProtocolError
 from ..net.tcp import TcpTransport, serve_tcp
-from ..proto.metainfo import InfoDict
+from ..proto.metainfo import InfoDict, parse_info
 from ..proto.wire import Wire
 from ..storage import FileStorage, ProgressFn, default_executor
+from .announcer import Announcer
 from .handshake import read_handshake
+from .metadata import MetadataFetcher, OpenConnection
 from .torrent import Address, Torrent
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,8 @@ class Session:
         peers: Iterable[Address] = (),
         seed: bool = False,
         progress: ProgressFn | None = None,
+        announcer: Announcer | None = None,
+        connections: Iterable[OpenConnection] = (),
     ) -> Torrent:
         """Check existing data, then start the torrent."""
         if info.info_hash in self.torrents:
@@ -72,7 +76,60 @@ class Session:
         torrent = Torrent(self, info, storage, have, config=self.config.peer, trackers=trackers, seed=seed)
         self.torrents[info.info_hash] = torrent
         torrent.add_peers(peers, sticky=True)
-        await torrent.start()
+        await torrent.start(announcer, connections)
+        return torrent
+
+    async def add_magnet(
+        self,
+        info_hash: bytes,
+        download_dir: str | os.PathLike[str],
+        *,
+        name: str = "",
+        trackers: Iterable[Iterable[str]] = (),
+        peers: Iterable[Address] = (),
+        seed: bool = False,
+        progress: ProgressFn | None = None,
+        on_metadata: Callable[[InfoDict], None] | None = None,
+    ) -> Torrent:
+        """Fetch the metadata from peers (BEP 9), then start the torrent on the same connections."""
+        if info_hash in self.torrents:
+            raise ValueError("torrent already added")
+        peers = list(peers)
+        tiers = [list(t) for t in trackers]
+        fetcher = MetadataFetcher(self, info_hash, self.config.peer, tag=name[:24])
+        fetcher.add_peers(peers)
+        target: list[Torrent] = []
+
+        def stats() -> tuple[int, int, int]:
+            # Before the metadata the size is unknown; say 1 byte left so no tracker counts us as a seed.
+            return target[0].stats() if target else (0, 0, 1)
+
+        def on_peers(addresses: list[Address]) -> None:
+            (target[0] if target else fetcher).add_peers(addresses)
+
+        announcer = None
+        announce_task = None
+        if tiers and self.config.trackers_enabled:
+            announcer = Announcer(tiers, info_hash, self.peer_id, self.listen_port, stats, on_peers, self.http)
+            announce_task = asyncio.create_task(announcer.run(), name=f"announce {info_hash.hex()[:8]}")
+        try:
+            raw, connections = await fetcher.run()
+        except BaseException:
+            if announcer is not None and announce_task is not None:
+                await announcer.stop()
+                announce_task.cancel()
+            raise
+        info = parse_info(raw, expected_hash=info_hash)
+        log.info("[%s] metadata verified (%d bytes, %d pieces)", info.name, len(raw), info.num_pieces)
+        if on_metadata is not None:
+            on_metadata(info)
+        torrent = await self.add_torrent(
+            info, download_dir, trackers=tiers, peers=peers, seed=seed, progress=progress,
+            announcer=announcer, connections=connections,
+        )
+        target.append(torrent)
+        if announce_task is not None:
+            torrent.adopt_task(announce_task)
         return torrent
 
     async def _on_incoming(self, transport: TcpTransport) -> None:

@@ -16,6 +16,7 @@ from ..errors import BridgeError, RemoteProtocolError, StorageError
 from ..net.tcp import connect_tcp
 from ..net.transport import PeerTransport
 from ..proto import events as ev
+from ..proto.extension import MAX_PEX_PEERS, PEX_REACHABLE, PEX_SEED, UT_PEX
 from ..proto.metainfo import InfoDict
 from ..proto.wire import BLOCK_SIZE, Wire, make_reserved
 from ..storage import FileStorage
@@ -27,6 +28,8 @@ from .handshake import read_handshake
 from .peer import Peer
 
 if TYPE_CHECKING:
+    from .announcer import Announcer
+    from .metadata import OpenConnection
     from .session import Session
 
 log = logging.getLogger(__name__)
@@ -37,6 +40,8 @@ MAX_KNOWN_ADDRESSES = 2000
 #: Seconds before redialling an address that failed or closed, doubled per failure up to RETRY_MAX.
 RETRY_BASE = 15.0
 RETRY_MAX = 300.0
+#: Seconds between two PEX messages to one peer (BEP 11: at most one a minute).
+PEX_INTERVAL = 60.0
 
 Address = tuple[str, int]
 
@@ -85,7 +90,7 @@ class Torrent:
         self.error: str | None = None
         self.failed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._announcer: object | None = None
+        self._announcer: Announcer | None = None
         self._stopping = False
         if self.picker.complete:
             self.completed.set()
@@ -122,10 +127,19 @@ class Torrent:
             exc = task.exception()
             log.error("[%s] task %s failed: %r", self.tag, task.get_name(), exc, exc_info=exc)
 
-    async def start(self) -> None:
+    async def start(self, announcer: Announcer | None = None, connections: Iterable[OpenConnection] = ()) -> None:
+        """Start the timers, the dialler and the trackers. A magnet download passes the announcer and the
+        connections that fetched the metadata, so nothing is announced or dialled twice."""
         self._spawn(self._ticker(), f"tick {self.tag}")
         self._spawn(self._connector(), f"connect {self.tag}")
-        if self.trackers and self.session.config.trackers_enabled:
+        for conn in connections:
+            self._spawn(
+                self.run_peer(conn.transport, conn.wire, conn.handshake, conn.pending, address=conn.address, opened=True),
+                f"peer {conn.address[0]}:{conn.address[1]}",
+            )
+        if announcer is not None:
+            self._announcer = announcer
+        elif self.trackers and self.session.config.trackers_enabled:
             from .announcer import Announcer
 
             announcer = Announcer(
@@ -133,18 +147,27 @@ class Torrent:
                 info_hash=self.info_hash,
                 peer_id=self.session.peer_id,
                 port=self.listen_port,
-                stats=lambda: (self.uploaded, self.downloaded, self.left),
+                stats=self.stats,
                 on_peers=lambda peers: self.add_peers(peers),
                 session=self.session.http,
             )
             self._announcer = announcer  # a seed from the start announces started with left=0, never completed
             self._spawn(announcer.run(), f"announce {self.tag}")
 
+    def adopt_task(self, task: asyncio.Task[None]) -> None:
+        """Own a task started before the torrent existed (the magnet's announcer); cancelled on stop."""
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def stats(self) -> tuple[int, int, int]:
+        """(uploaded, downloaded, left) for tracker announces."""
+        return self.uploaded, self.downloaded, self.left
+
     async def stop(self) -> None:
         self._stopping = True
         if self._announcer is not None:
             with contextlib.suppress(Exception):
-                await self._announcer.stop()  # type: ignore[attr-defined]
+                await self._announcer.stop()
         for task in list(self._tasks):
             task.cancel()
         for peer in list(self.peers):
@@ -162,7 +185,8 @@ class Torrent:
                 peer.close(message)
 
     # ------------------------------------------------------------------------------- addresses
-    def add_peers(self, addresses: Iterable[Address], sticky: bool = False) -> None:
+    def add_peers(self, addresses: Iterable[Address], sticky: bool = False, source: str = "") -> None:
+        """Remember addresses to dial. ``sticky`` ones (given by the user) are always retried."""
         now = time.monotonic()
         for addr in addresses:
             if addr[0] in self.banned or addr[1] <= 0:
@@ -247,8 +271,11 @@ class Torrent:
         handshake: ev.Handshake,
         pending: list[ev.Event],
         address: Address | None = None,
+        opened: bool = False,
     ) -> None:
-        """Run an opened connection (handshakes already exchanged) until it closes."""
+        """Run an opened connection (handshakes already exchanged) until it closes. ``address`` is the
+        dialled address of an outgoing connection; ``opened`` says the opening messages went out already
+        (the connection was used to fetch the metadata)."""
         reason = None
         if handshake.peer_id == self.session.peer_id:
             reason = "connected to ourselves"
@@ -264,9 +291,9 @@ class Torrent:
             log.debug("[%s] refusing %s: %s", self.tag, transport.remote_address, reason)
             transport.close()
             return
-        peer = Peer(self, transport, wire, handshake)
+        peer = Peer(self, transport, wire, handshake, outgoing=address is not None, opened=opened)
         if address is not None:
-            peer.address = address
+            peer.address = peer.listen_address = address
         self.peers.add(peer)
         self._failures.pop(peer.address, None)
         log.info("%s connected (%s, %s)", peer.tag, peer.kind, "outgoing" if address else "incoming")
@@ -354,7 +381,7 @@ class Torrent:
         log.info("[%s] download complete", self.tag)
         self.completed.set()
         if self._announcer is not None:
-            self._announcer.completed()  # type: ignore[attr-defined]
+            self._announcer.completed()
         for p in list(self.peers):
             p.set_interested(False)
             if p.bits.complete or p.upload_only:
@@ -403,9 +430,30 @@ class Torrent:
                     log.debug("%s down %.0f up %.0f B/s, %d requested, %d queued for it, choked %s/%s",
                               p.tag, p.down.rate, p.up.rate, len(p.outstanding), len(p.requests_in),
                               p.peer_choking, p.am_choking)
+            self._send_pex(now)
             if now - last_rechoke >= RECHOKE_INTERVAL:
                 last_rechoke = now
                 self.rechoke(now)
+
+    def _send_pex(self, now: float) -> None:
+        """BEP 11: tell each peer which listen addresses joined or left since its last message."""
+        if self.info.private:
+            return
+        current: dict[Address, int] = {}
+        for p in self.peers:
+            if p.listen_address is not None:
+                current[p.listen_address] = (PEX_REACHABLE if p.outgoing else 0) | (PEX_SEED if p.bits.complete else 0)
+        for p in self.peers:
+            if UT_PEX not in p.their_ext or now - p.pex_at < PEX_INTERVAL:
+                continue
+            added = [(a[0], a[1], f) for a, f in current.items() if a not in p.pex_sent and a != p.listen_address]
+            dropped = [a for a in p.pex_sent if a not in current]
+            added, dropped = added[:MAX_PEX_PEERS], dropped[:MAX_PEX_PEERS]
+            if added or dropped:
+                p.send_pex(added, dropped)
+                p.pex_at = now
+                p.pex_sent.difference_update(dropped)
+                p.pex_sent.update((h, port) for h, port, _ in added)
 
     def rechoke(self, now: float) -> None:
         peers = list(self.peers)

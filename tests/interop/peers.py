@@ -58,8 +58,8 @@ TOOLS_DIR = REPO_ROOT / "tests" / "tools"
 
 #: Bound for moving a 32 MiB torrent between two peers on loopback. Real peers take 1-10 s.
 TRANSFER_TIMEOUT = 120.0
-#: Transmission 3.00 seeds at most ~7.6 MB/s per peer here (its own limit), and much less when
-#: the machine is busy, so transfers from it get a longer bound.
+#: Transmission 3.00 unchokes a new peer only at its next rechoke (every 10 s) and then moves
+#: at most ~7.6 MB/s per peer (its own limit), less on a busy machine: a longer bound.
 TRANSMISSION_TRANSFER_TIMEOUT = 180.0
 #: Bound for a program to start up (bind its port, verify its data, answer RPC).
 STARTUP_TIMEOUT = 60.0

@@ -213,43 +213,45 @@ class FileStorage:
                 progress(done, total)
         return have
 
-    async def read_block(self, index: int, begin: int, length: int) -> bytes:
-        """Bytes of a verified piece, through a whole-piece cache."""
+    async def read_block(self, index: int, begin: int, length: int) -> memoryview:
+        """Bytes of a verified piece (a view, no copy), through a whole-piece cache."""
         piece = self._cache.get(index)
         if piece is None:
-            piece = await self._load(index)
+            piece = await asyncio.shield(self._start_load(index))
         else:
             self._cache.move_to_end(index)
         if begin + length > len(piece):
             raise StorageError(f"block {index}:{begin}+{length} is beyond the piece")
-        return piece[begin : begin + length]
+        return memoryview(piece)[begin : begin + length]
 
-    async def _load(self, index: int) -> bytes:
+    def prefetch(self, index: int) -> None:
+        """Start reading a piece into the cache (a peer has asked for it and will want it soon)."""
+        if index not in self._cache:
+            self._start_load(index)
+
+    def _start_load(self, index: int) -> asyncio.Future[bytes]:
         fut = self._loading.get(index)
         if fut is None:
-            loop = asyncio.get_running_loop()
-            fut = loop.create_future()
+            fut = asyncio.get_running_loop().run_in_executor(self.executor, self._read_piece_sync, index)
             self._loading[index] = fut
-            try:
-                data = await loop.run_in_executor(
-                    self.executor,
-                    lambda: self._read_sync(index * self.info.piece_length, self.info.piece_size(index), missing_ok=False),
-                )
-                assert data is not None
-            except BaseException as e:
-                fut.set_exception(e)
-                fut.exception()  # mark retrieved
-                raise
-            finally:
-                self._loading.pop(index, None)
-            fut.set_result(data)
-            self._cache[index] = data
-            self._cache_bytes += len(data)
-            while self._cache_bytes > READ_CACHE_BYTES and len(self._cache) > 1:
-                _, old = self._cache.popitem(last=False)
-                self._cache_bytes -= len(old)
-            return data
-        return await asyncio.shield(fut)
+            fut.add_done_callback(lambda f: self._loaded(index, f))
+        return fut
+
+    def _read_piece_sync(self, index: int) -> bytes:
+        data = self._read_sync(index * self.info.piece_length, self.info.piece_size(index), missing_ok=False)
+        assert data is not None
+        return data
+
+    def _loaded(self, index: int, fut: asyncio.Future[bytes]) -> None:
+        self._loading.pop(index, None)
+        if fut.cancelled() or fut.exception() is not None:  # exception(): retrieved; the reader re-raises it
+            return
+        data = fut.result()
+        self._cache[index] = data
+        self._cache_bytes += len(data)
+        while self._cache_bytes > READ_CACHE_BYTES and len(self._cache) > 1:
+            _, old = self._cache.popitem(last=False)
+            self._cache_bytes -= len(old)
 
     def ensure_files(self) -> None:
         """Create empty files and give every file its full length (after a complete download)."""

@@ -52,6 +52,9 @@ MAX_QUEUED_REQUESTS = 2000
 REQUEST_FLOOD_LIMIT = MAX_QUEUED_REQUESTS
 #: Bytes of piece data gathered into one write when serving (fewer, larger writes).
 UPLOAD_BATCH_BYTES = 256 * 1024
+#: Pieces read ahead of the one being served, and how far into the request queue to look for them.
+PREFETCH_PIECES = 2
+PREFETCH_SCAN = 256
 #: Unrequested or unwanted blocks tolerated before the peer is dropped.
 MAX_WASTED_BLOCKS = 500
 #: ut_metadata requests served per connection: every piece a few times over is plenty for an honest peer.
@@ -221,17 +224,38 @@ class Peer:
 
     async def _sender(self) -> None:
         """The only writer: flushes queued messages and serves requested blocks, with back-pressure."""
+        try:
+            await self._send_loop()
+        except (BridgeError, OSError) as e:
+            self.close(f"sending failed: {e}")
+
+    def _prefetch_after(self, index: int) -> None:
+        """Start loading the next pieces this peer has asked for, so disk reads overlap with sending."""
         storage = self.torrent.storage
+        ahead: set[int] = set()
+        for n, (i, _, _) in enumerate(self.requests_in):
+            if n >= PREFETCH_SCAN or len(ahead) >= PREFETCH_PIECES:
+                break
+            if i != index and i not in ahead:
+                ahead.add(i)
+                storage.prefetch(i)
+
+    async def _send_loop(self) -> None:
+        storage = self.torrent.storage
+        last_index = -1
         while not self.closed:
             await self._wake.wait()
             self._wake.clear()
             while (self._out or (self.requests_in and not self.am_choking)) and not self.closed:
-                chunks = self._out
-                self._out = []
+                chunks: list[bytes | memoryview] = list(self._out)
+                self._out.clear()
                 budget = UPLOAD_BATCH_BYTES
                 served = 0
                 while self.requests_in and not self.am_choking and budget > 0:
                     index, begin, length = self.requests_in.popleft()
+                    if index != last_index:
+                        last_index = index
+                        self._prefetch_after(index)
                     data = await storage.read_block(index, begin, length)
                     chunks.append(encode_piece_header(index, begin, length))
                     chunks.append(data)

@@ -349,8 +349,9 @@ class Torrent:
         contributors = self._contributors.pop(index, set())
         # Withdraw every request still out for this piece (endgame duplicates), before it can be picked
         # again: a late release would otherwise count against the next attempt's blocks.
-        for p in self.peers:
-            p.forget_piece(index)
+        if self.picker.endgame_active or not ok:
+            for p in self.peers:
+                p.forget_piece(index)
         if ok:
             self.picker.piece_verified(index)
             have = ev.Have(index)

@@ -36,6 +36,7 @@ from ..proto.extension import (
 from ..proto.wire import Wire, make_reserved
 from ..swarm.metadata import MetadataAssembler
 from .handshake import read_handshake
+from .peer import packed_ip
 
 if TYPE_CHECKING:
     from .session import Session
@@ -148,6 +149,7 @@ class MetadataFetcher:
                 m=dict(OUR_EXTENSION_IDS),
                 v=f"webtorrent-bridge {__version__}",
                 p=self.session.listen_port or None,
+                yourip=packed_ip(addr[0]),
             )
             opening += wire.send(ev.Extended(0, encode_handshake(ours)))
             await transport.write(opening)

@@ -7,6 +7,7 @@ RemoteProtocolError inside its own task and closes only itself.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 from collections import deque
@@ -61,6 +62,14 @@ MAX_WASTED_BLOCKS = 500
 MAX_METADATA_REQUESTS_SLACK = 16
 #: PEX messages accepted per minute from one peer (BEP 11 senders send at most one a minute).
 MAX_PEX_PER_MINUTE = 2
+
+
+def packed_ip(host: str) -> bytes | None:
+    """The 4 or 16 bytes of an IP address (BEP 10 ``yourip``), or None for a name."""
+    try:
+        return ipaddress.ip_address(host).packed
+    except ValueError:
+        return None
 
 
 class Peer:
@@ -201,6 +210,7 @@ class Peer:
             reqq=MAX_QUEUED_REQUESTS,
             metadata_size=len(t.info.raw),
             upload_only=t.picker.complete,
+            yourip=packed_ip(self.address[0]),
         )
 
     def _send_opening(self) -> None:
@@ -304,7 +314,10 @@ class Peer:
                 self._set_bits(Bitfield(n, fill=isinstance(e, ev.HaveAll)))
             case ev.Choke():
                 self.peer_choking = True
-                self._release_all()
+                # BEP 6: with the fast extension a choke does not cancel our requests; the peer rejects
+                # each one it will not serve (and the snub timeout covers a peer that never does).
+                if not self.fast:
+                    self._release_all()
             case ev.Unchoke():
                 self.peer_choking = False
             case ev.Interested():

@@ -74,6 +74,7 @@ class Torrent:
         self._failures: Counter[Address] = Counter()
         self._sticky: set[Address] = set()  # --peer addresses: always retried
         self._connecting: set[Address] = set()
+        self._seeds: set[Address] = set()  # addresses last seen as seeds: not dialled once we are complete
         self._wake = asyncio.Event()
         self.banned: set[str] = set()
         self.hash_failures: Counter[str] = Counter()
@@ -130,6 +131,10 @@ class Torrent:
     async def start(self, announcer: Announcer | None = None, connections: Iterable[OpenConnection] = ()) -> None:
         """Start the timers, the dialler and the trackers. A magnet download passes the announcer and the
         connections that fetched the metadata, so nothing is announced or dialled twice."""
+        connections = list(connections)
+        # Mark them as being connected before the dialler runs, so it does not dial them a second time
+        # (peer ids cannot tell: libtorrent uses a new one per connection).
+        self._connecting.update(c.address for c in connections)
         self._spawn(self._ticker(), f"tick {self.tag}")
         self._spawn(self._connector(), f"connect {self.tag}")
         for conn in connections:
@@ -218,8 +223,8 @@ class Torrent:
                         break
                     if when > now or addr in connected or addr in self._connecting:
                         continue
-                    if addr[0] in self.banned:
-                        continue
+                    if addr[0] in self.banned or (self.is_complete and addr in self._seeds):
+                        continue  # banned, or a seed while we are one too
                     self._connecting.add(addr)
                     self._known[addr] = now + self._retry_delay(addr)
                     self._spawn(self._dial(addr), f"dial {addr[0]}:{addr[1]}")
@@ -276,6 +281,8 @@ class Torrent:
         """Run an opened connection (handshakes already exchanged) until it closes. ``address`` is the
         dialled address of an outgoing connection; ``opened`` says the opening messages went out already
         (the connection was used to fetch the metadata)."""
+        if opened and address is not None:
+            self._connecting.discard(address)
         reason = None
         if handshake.peer_id == self.session.peer_id:
             reason = "connected to ourselves"
@@ -306,6 +313,8 @@ class Torrent:
         peer.detach()
         log.info("%s disconnected", peer.tag)
         addr = peer.address
+        if peer.bits.complete or peer.upload_only:
+            self._seeds.add(addr)
         if addr in self._known or addr in self._sticky:
             self._known[addr] = time.monotonic() + (5.0 if addr in self._sticky else self._retry_delay(addr))
         for other in self.peers:

@@ -16,7 +16,7 @@ from . import __version__
 from .config import PeerConfig, SessionConfig
 from .create import make_info
 from .errors import BridgeError, MetainfoError
-from .progress import Progress, human_bytes
+from .progress import Progress, human_bytes, wait_any
 from .proto.metainfo import (
     MAX_TORRENT_SIZE,
     InfoDict,
@@ -117,18 +117,6 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-
-
-async def _wait_first(*events: asyncio.Event, interval: float, tick: Callable[[], None]) -> None:
-    """Call ``tick`` every ``interval`` seconds until one of ``events`` is set."""
-    while not any(e.is_set() for e in events):
-        tick()
-        waiters = [asyncio.ensure_future(e.wait()) for e in events]
-        try:
-            await asyncio.wait(waiters, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waiters:
-                w.cancel()
 
 
 # --------------------------------------------------------------------------------------- commands
@@ -246,7 +234,7 @@ async def _run_transfer(args: argparse.Namespace, source: Metainfo | Magnet, dat
                 progress.update(torrent.verified_bytes, info.total_length, torrent.up.rate, len(torrent.peers))
 
         if download:
-            await _wait_first(torrent.completed, torrent.failed, stop, interval=0.25, tick=tick)
+            await wait_any(torrent.completed, torrent.failed, stop, interval=0.25, tick=tick)
             progress.update(torrent.verified_bytes, info.total_length, torrent.down.rate, len(torrent.peers), force=True)
             progress.done()
             if torrent.failed.is_set():
@@ -258,7 +246,7 @@ async def _run_transfer(args: argparse.Namespace, source: Metainfo | Magnet, dat
                 return 130
             print(f"complete: {os.path.join(data_dir, info.name)}", file=sys.stderr, flush=True)
         if seed:
-            await _wait_first(stop, torrent.failed, interval=1.0, tick=tick)
+            await wait_any(stop, torrent.failed, interval=1.0, tick=tick)
             progress.done()
             if torrent.failed.is_set():
                 print(f"webtorrent-bridge: error: {torrent.error}", file=sys.stderr)

@@ -16,7 +16,7 @@ import time
 from .config import SessionConfig
 from .create import make_info
 from .engine.session import Session
-from .progress import Progress, human_bytes
+from .progress import Progress, human_bytes, wait_any
 from .proto.metainfo import InfoDict, build_torrent, parse_torrent
 
 #: Size of the generated sample file.
@@ -66,9 +66,8 @@ async def run_demo(path: str | None, workdir: str | None, stop: asyncio.Event, k
         dl = await leecher.add_torrent(info, dl_dir, peers=[("127.0.0.1", seeder.listen_port)])
         bar = Progress("downloading")
         started = time.monotonic()
-        while not dl.is_complete and not dl.failed.is_set() and not stop.is_set():
-            bar.update(dl.verified_bytes, info.total_length, dl.down.rate, len(dl.peers))
-            await asyncio.sleep(0.1)
+        await wait_any(dl.completed, dl.failed, stop, interval=0.1,
+                       tick=lambda: bar.update(dl.verified_bytes, info.total_length, dl.down.rate, len(dl.peers)))
         bar.update(dl.verified_bytes, info.total_length, dl.down.rate, len(dl.peers), force=True)
         bar.done()
         if dl.failed.is_set():

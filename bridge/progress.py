@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 
@@ -63,3 +65,15 @@ class Progress:
             self.stream.write("\n")
             self.stream.flush()
             self._shown = False
+
+
+async def wait_any(*events: asyncio.Event, interval: float, tick: Callable[[], None]) -> None:
+    """Call ``tick`` every ``interval`` seconds until one of ``events`` is set."""
+    while not any(e.is_set() for e in events):
+        tick()
+        waiters = [asyncio.ensure_future(e.wait()) for e in events]
+        try:
+            await asyncio.wait(waiters, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()

@@ -64,16 +64,22 @@ def _opt_int(d: dict[bytes, Any], key: bytes, lo: int, hi: int) -> int | None:
     return None
 
 
+def _decode_dict(payload: bytes, limit: int, what: str, prefix: bool = False) -> tuple[dict[bytes, Any], int]:
+    """Bencoded dict at the start of an extension message (``prefix``: data may follow it)."""
+    if len(payload) > limit:
+        raise RemoteProtocolError(f"{what} of {len(payload)} bytes is over the limit of {limit}")
+    try:
+        d, end = bencode.decode_prefix(payload) if prefix else (bencode.decode(payload), len(payload))
+    except BencodeError as e:
+        raise RemoteProtocolError(f"{what}: {e}") from None
+    if not isinstance(d, dict):
+        raise RemoteProtocolError(f"{what} is not a dictionary")
+    return d, end
+
+
 def decode_handshake(payload: bytes) -> ExtendedHandshake:
     """Decode leniently (unknown or ill-typed keys are ignored); raise only on undecodable data."""
-    if len(payload) > MAX_HANDSHAKE_SIZE:
-        raise RemoteProtocolError(f"extended handshake of {len(payload)} bytes is over the limit")
-    try:
-        d = bencode.decode(payload)
-    except BencodeError as e:
-        raise RemoteProtocolError(f"extended handshake: {e}") from None
-    if not isinstance(d, dict):
-        raise RemoteProtocolError("extended handshake is not a dictionary")
+    d, _ = _decode_dict(payload, MAX_HANDSHAKE_SIZE, "extended handshake")
     m: dict[str, int] = {}
     raw_m = d.get(b"m")
     if isinstance(raw_m, dict):
@@ -139,14 +145,7 @@ def metadata_piece_count(size: int) -> int:
 
 
 def decode_metadata(payload: bytes) -> MetadataMessage:
-    if len(payload) > MAX_METADATA_MESSAGE:
-        raise RemoteProtocolError(f"ut_metadata message of {len(payload)} bytes is over the limit")
-    try:
-        d, end = bencode.decode_prefix(payload)
-    except BencodeError as e:
-        raise RemoteProtocolError(f"ut_metadata: {e}") from None
-    if not isinstance(d, dict):
-        raise RemoteProtocolError("ut_metadata: not a dictionary")
+    d, end = _decode_dict(payload, MAX_METADATA_MESSAGE, "ut_metadata message", prefix=True)
     msg_type = _opt_int(d, b"msg_type", 0, 2)
     piece = _opt_int(d, b"piece", 0, metadata_piece_count(MAX_METADATA_SIZE) - 1)
     if msg_type is None or piece is None:
@@ -230,14 +229,7 @@ def _parse_compact(raw: Any, size: int) -> list[tuple[str, int]]:
 def decode_pex(payload: bytes) -> PexMessage:
     """Decode a ut_pex message. Truncated compact lists lose only their incomplete tail entry; at most
     MAX_PEX_PEERS are taken from each list."""
-    if len(payload) > MAX_PEX_MESSAGE:
-        raise RemoteProtocolError(f"ut_pex message of {len(payload)} bytes is over the limit")
-    try:
-        d = bencode.decode(payload)
-    except BencodeError as e:
-        raise RemoteProtocolError(f"ut_pex: {e}") from None
-    if not isinstance(d, dict):
-        raise RemoteProtocolError("ut_pex: not a dictionary")
+    d, _ = _decode_dict(payload, MAX_PEX_MESSAGE, "ut_pex message")
     added: list[tuple[str, int, int]] = []
     for key, size in ((b"added", 6), (b"added6", 18)):
         peers = _parse_compact(d.get(key), size)

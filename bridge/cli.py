@@ -105,7 +105,7 @@ def check_port(port: int) -> int:
 
 
 def session_config(args: argparse.Namespace) -> SessionConfig:
-    return SessionConfig(host=args.host, port=check_port(args.port), peer=PeerConfig())
+    return SessionConfig(host=args.host, port=check_port(args.port), peer=PeerConfig(encryption=args.encryption))
 
 
 def print_stats(uploaded: int, downloaded: int) -> None:
@@ -322,6 +322,9 @@ def _add_net_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="0.0.0.0", help="listen address (default 0.0.0.0)")
     p.add_argument("--announce", action="append", metavar="URL", help="extra tracker URL (repeatable)")
     p.add_argument("--peer", action="append", metavar="HOST:PORT", help="dial this peer directly (repeatable)")
+    p.add_argument("--encryption", choices=["allow", "prefer", "require", "off"], default="allow",
+                   help="MSE/PE: allow (default: plaintext first, encrypted when the peer wants it), prefer, "
+                        "require, or off")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,6 +25,9 @@ class PeerConfig:
     snub_timeout: float = 30.0
     #: Offer the BEP 6 fast extension.
     fast_extension: bool = True
+    #: Message stream encryption (MSE/PE): "allow" (dial plaintext, retry with MSE; accept both),
+    #: "prefer" (dial MSE first), "require" (MSE only, RC4 payload), or "off" (plaintext only).
+    encryption: str = "allow"
     #: Regular upload slots (plus one optimistic).
     upload_slots: int = 4
     #: Hash failures after which a peer's address is banned from the torrent.

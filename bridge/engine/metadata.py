@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 from .. import __version__
 from ..config import PeerConfig
 from ..errors import RemoteProtocolError
-from ..net.tcp import connect_tcp
 from ..net.transport import PeerTransport
 from ..proto import events as ev
 from ..proto.extension import (
@@ -35,7 +34,7 @@ from ..proto.extension import (
 )
 from ..proto.wire import Wire, make_reserved
 from ..swarm.metadata import MetadataAssembler
-from .handshake import read_handshake
+from .handshake import dial
 from .peer import packed_ip
 
 if TYPE_CHECKING:
@@ -132,12 +131,10 @@ class MetadataFetcher:
         transport: PeerTransport | None = None
         keep_open = False
         try:
-            transport = await connect_tcp(addr[0], addr[1], cfg.connect_timeout)
-            wire = Wire()
             reserved = make_reserved(extensions=True, fast=cfg.fast_extension)
-            await transport.write(wire.send(ev.Handshake(self.info_hash, self.session.peer_id, reserved)))
-            hs, events = await read_handshake(transport, wire, cfg.handshake_timeout)
-            if hs.info_hash != self.info_hash or hs.peer_id == self.session.peer_id:
+            opened = await dial(addr[0], addr[1], ev.Handshake(self.info_hash, self.session.peer_id, reserved), cfg)
+            transport, wire, hs, events = opened.transport, opened.wire, opened.handshake, opened.pending
+            if hs.peer_id == self.session.peer_id:
                 return
             if not hs.extension_protocol:
                 log.debug("[%s] %s:%d has no extension protocol; cannot fetch metadata", self.tag, *addr)

@@ -16,10 +16,10 @@ from ..config import SessionConfig
 from ..errors import RemoteProtocolError
 from ..net.tcp import TcpTransport, serve_tcp
 from ..proto.metainfo import InfoDict, parse_info
-from ..proto.wire import Wire
+from ..proto.mse import req2_key
 from ..storage import FileStorage, ProgressFn, default_executor
 from .announcer import Announcer
-from .handshake import read_handshake
+from .handshake import accept
 from .metadata import MetadataFetcher, OpenConnection
 from .torrent import Address, Torrent
 
@@ -137,9 +137,8 @@ class Session:
         assert task is not None
         self._incoming.add(task)
         try:
-            wire = Wire()
             try:
-                handshake, pending = await read_handshake(transport, wire, self.config.peer.handshake_timeout)
+                stream, wire, handshake, pending = await accept(transport, self.config.peer, self._mse_lookup)
             except (RemoteProtocolError, OSError, TimeoutError) as e:
                 log.debug("incoming %s: bad handshake: %s", transport.remote_address, e or type(e).__name__)
                 transport.close()
@@ -150,13 +149,20 @@ class Session:
                 transport.close()
                 return
             try:
-                await transport.write(wire.send(torrent.our_handshake()))
+                await stream.write(wire.send(torrent.our_handshake()))
             except OSError:
                 transport.close()
                 return
-            await torrent.run_peer(transport, wire, handshake, pending)
+            await torrent.run_peer(stream, wire, handshake, pending)
         finally:
             self._incoming.discard(task)
+
+    def _mse_lookup(self, req2: bytes) -> bytes | None:
+        """MSE: which of our torrents an encrypted incoming connection asks for."""
+        for info_hash in self.torrents:
+            if req2_key(info_hash) == req2:
+                return info_hash
+        return None
 
     async def aclose(self) -> None:
         if self._server is not None:

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import PeerConfig
 from ..errors import BridgeError, RemoteProtocolError, StorageError
-from ..net.tcp import connect_tcp
 from ..net.transport import PeerTransport
 from ..proto import events as ev
 from ..proto.extension import MAX_PEX_PEERS, PEX_REACHABLE, PEX_SEED, UT_PEX
@@ -24,7 +23,7 @@ from ..swarm.bitfield import Bitfield
 from ..swarm.choker import RECHOKE_INTERVAL, ChokeCandidate, Choker
 from ..swarm.picker import PiecePicker
 from ..swarm.rate import RateMeter
-from .handshake import read_handshake
+from .handshake import dial
 from .peer import Peer
 
 if TYPE_CHECKING:
@@ -240,24 +239,13 @@ class Torrent:
         cfg = self.config
         try:
             try:
-                transport = await connect_tcp(addr[0], addr[1], cfg.connect_timeout)
-            except (OSError, TimeoutError) as e:
-                self._failures[addr] += 1
-                log.debug("[%s] cannot connect to %s:%d: %s", self.tag, addr[0], addr[1], e or type(e).__name__)
-                return
-            wire = Wire()
-            try:
-                await transport.write(wire.send(self.our_handshake()))
-                handshake, pending = await read_handshake(transport, wire, cfg.handshake_timeout)
-                if handshake.info_hash != self.info_hash:
-                    raise RemoteProtocolError("handshake for another torrent")
+                opened = await dial(addr[0], addr[1], self.our_handshake(), cfg)
             except (RemoteProtocolError, OSError, TimeoutError) as e:
                 self._failures[addr] += 1
-                log.debug("[%s] handshake with %s:%d failed: %s", self.tag, addr[0], addr[1], e or type(e).__name__)
-                transport.close()
+                log.debug("[%s] cannot open %s:%d: %s", self.tag, addr[0], addr[1], e or type(e).__name__)
                 return
             self._connecting.discard(addr)
-            await self.run_peer(transport, wire, handshake, pending, address=addr)
+            await self.run_peer(opened.transport, opened.wire, opened.handshake, opened.pending, address=addr)
         finally:
             self._connecting.discard(addr)
             self._wake.set()

@@ -179,3 +179,20 @@ async def test_request_flood_drops_peer(tmp_path, flood):
         assert not st.peers
     finally:
         await seeder.aclose()
+
+
+@pytest.mark.parametrize("leech_enc", ["require", "prefer"])
+async def test_encrypted_transfer_between_bridges(tmp_path, leech_enc):
+    info = make_torrent(str(tmp_path / "src"), {"a.bin": 400_000})
+    seeder, leecher = Session(loopback(encryption="require")), Session(loopback(encryption=leech_enc))
+    await seeder.start()
+    await leecher.start()
+    try:
+        await seeder.add_torrent(info, tmp_path / "src", seed=True)
+        lt = await leecher.add_torrent(info, tmp_path / "dl", peers=[("127.0.0.1", seeder.listen_port)])
+        async with asyncio.timeout(30):
+            await lt.completed.wait()
+        assert tree_digest(str(tmp_path / "dl")) == tree_digest(str(tmp_path / "src"))
+    finally:
+        await leecher.aclose()
+        await seeder.aclose()

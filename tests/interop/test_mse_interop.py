@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from urllib.parse import quote
+
 import pytest
 from peers import Harness, Payload, copy_tree
 from test_tcp_interop import TRANSMISSION_TRANSFER_TIMEOUT, assert_download_exit, assert_tree, stop_seed
@@ -64,4 +67,20 @@ def test_aria2_requiring_crypto_downloads_from_bridge(harness: Harness, payload:
     aria2 = harness.aria2(torrent, out, extra_args=["--bt-require-crypto=true", "--bt-min-crypto-level=arc4"])
     rc = aria2.wait_done(context=harness.bridge_logs)
     assert rc == 0, f"aria2c exited with {rc}\n" + harness.describe()
+    assert_tree(payload.multi_sha256, out / torrent.name, harness)
+
+
+def test_bridge_downloads_magnet_found_through_http_tracker(harness: Harness, payload: Payload) -> None:
+    """Only a magnet with a tracker (tr=): the bridge announces (left unknown), learns the libtorrent seed
+    from the tracker, fetches the metadata from it and downloads. (Here because this file already has the
+    MSE default in play: libtorrent dials and accepts both.)"""
+    tracker = harness.tracker()
+    torrent = harness.torrent(payload.multi, announce=[tracker.http_announce])
+    seed = harness.libtorrent(name="lt-seed")
+    seed.add_seed(torrent, payload.base, trackers=[tracker.http_announce])
+    tracker.wait_for_peers(torrent.info_hash, complete=1, context=harness.describe)
+    magnet = f"magnet:?xt=urn:btih:{torrent.info_hash_hex}&tr={quote(tracker.http_announce, safe='')}"
+    out = harness.path("bridge-out")
+    bridge = harness.bridge_download(Path(magnet), out)
+    assert_download_exit(bridge, torrent)
     assert_tree(payload.multi_sha256, out / torrent.name, harness)

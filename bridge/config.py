@@ -46,3 +46,11 @@ class SessionConfig:
     peer: PeerConfig = field(default_factory=PeerConfig)
     #: Send announces to trackers.
     trackers_enabled: bool = True
+    #: Join the WebTorrent swarm (WebRTC peers found through ws:// and wss:// trackers).
+    webrtc: bool = True
+    #: STUN/TURN server URLs for WebRTC (``turn:user:pass@host:port`` for TURN). None by default: on a
+    #: host behind NAT, add a STUN server so browsers elsewhere can reach the bridge.
+    ice_servers: tuple[str, ...] = ()
+    #: Local addresses WebRTC gathers candidates on; empty means every interface except loopback
+    #: (a loopback-only host or test must name 127.0.0.1).
+    webrtc_hosts: tuple[str, ...] = ()

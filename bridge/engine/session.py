@@ -14,7 +14,9 @@ import aiohttp
 from .. import __version__
 from ..config import SessionConfig
 from ..errors import RemoteProtocolError
+from ..net.rtc import RtcConfig
 from ..net.tcp import TcpTransport, serve_tcp
+from ..net.tracker_ws import WsTrackerPool
 from ..proto.metainfo import InfoDict, parse_info
 from ..proto.mse import req2_key
 from ..storage import FileStorage, ProgressFn, default_executor
@@ -46,11 +48,14 @@ class Session:
         self.http: aiohttp.ClientSession | None = None
         self.executor = default_executor()
         self._incoming: set[asyncio.Task[None]] = set()
+        self.rtc_config = RtcConfig(ice_servers=self.config.ice_servers, host_addresses=self.config.webrtc_hosts)
+        self.ws_pool: WsTrackerPool | None = None
 
     async def start(self) -> None:
         self._server = await serve_tcp(self.config.host, self.config.port, self._on_incoming)
         sock = self._server.sockets[0]
         self.listen_host, self.listen_port = sock.getsockname()[:2]
+        self.ws_pool = WsTrackerPool()
         self.http = aiohttp.ClientSession(
             headers={"User-Agent": f"webtorrent-bridge/{__version__}"},
             timeout=aiohttp.ClientTimeout(total=30),
@@ -171,6 +176,8 @@ class Session:
         for task in list(self._incoming):
             task.cancel()
         await asyncio.gather(*self._incoming, return_exceptions=True)
+        if self.ws_pool is not None:
+            await self.ws_pool.aclose()
         if self.http is not None:
             await self.http.close()
         self.executor.shutdown(wait=False, cancel_futures=True)

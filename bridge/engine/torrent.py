@@ -25,6 +25,7 @@ from ..swarm.picker import PiecePicker
 from ..swarm.rate import RateMeter
 from .handshake import dial
 from .peer import Peer
+from .webrtc import WebRtcSide
 
 if TYPE_CHECKING:
     from .announcer import Announcer
@@ -91,6 +92,7 @@ class Torrent:
         self.failed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._announcer: Announcer | None = None
+        self._webrtc: WebRtcSide | None = None
         self._stopping = False
         if self.picker.complete:
             self.completed.set()
@@ -141,6 +143,7 @@ class Torrent:
                 self.run_peer(conn.transport, conn.wire, conn.handshake, conn.pending, address=conn.address, opened=True),
                 f"peer {conn.address[0]}:{conn.address[1]}",
             )
+        self._join_webtorrent()
         if announcer is not None:
             self._announcer = announcer
         elif self.trackers and self.session.config.trackers_enabled:
@@ -158,6 +161,22 @@ class Torrent:
             self._announcer = announcer  # a seed from the start announces started with left=0, never completed
             self._spawn(announcer.run(), f"announce {self.tag}")
 
+    def _join_webtorrent(self) -> None:
+        """Announce to every ws:// and wss:// tracker, with WebRTC offers (BEP 12 tiers do not apply:
+        browsers are only found through these trackers, so each one is used)."""
+        cfg = self.session.config
+        pool = self.session.ws_pool
+        urls = [u for tier in self.trackers for u in tier if u.startswith(("ws://", "wss://"))]
+        if not (cfg.webrtc and cfg.trackers_enabled and urls and pool is not None):
+            return
+        side = WebRtcSide(self, self.session.rtc_config)
+        for url in dict.fromkeys(urls):
+            try:
+                side.swarms.append(pool.client(url).join(self.info_hash, self.session.peer_id, side))
+            except (ValueError, RuntimeError) as e:
+                log.warning("[%s] cannot use WebSocket tracker %s: %s", self.tag, url, e)
+        self._webrtc = side
+
     def adopt_task(self, task: asyncio.Task[None]) -> None:
         """Own a task started before the torrent existed (the magnet's announcer); cancelled on stop."""
         self._tasks.add(task)
@@ -169,6 +188,8 @@ class Torrent:
 
     async def stop(self) -> None:
         self._stopping = True
+        if self._webrtc is not None:
+            await self._webrtc.aclose()
         if self._announcer is not None:
             with contextlib.suppress(Exception):
                 await self._announcer.stop()
@@ -380,6 +401,9 @@ class Torrent:
         self.completed.set()
         if self._announcer is not None:
             self._announcer.completed()
+        if self._webrtc is not None:
+            for swarm in self._webrtc.swarms:
+                swarm.completed()
         for p in list(self.peers):
             p.set_interested(False)
             if p.bits.complete or p.upload_only:

@@ -105,7 +105,21 @@ def check_port(port: int) -> int:
 
 
 def session_config(args: argparse.Namespace) -> SessionConfig:
-    return SessionConfig(host=args.host, port=check_port(args.port), peer=PeerConfig(encryption=args.encryption))
+    cfg = SessionConfig(
+        host=args.host,
+        port=check_port(args.port),
+        peer=PeerConfig(encryption=args.encryption),
+        webrtc=not args.no_webrtc,
+        ice_servers=tuple(args.ice_server or ()),
+        webrtc_hosts=tuple(args.webrtc_host or ()),
+    )
+    from .net.rtc import RtcConfig  # aiortc is slow to import; only the commands that need it pay
+
+    try:
+        RtcConfig(ice_servers=cfg.ice_servers, host_addresses=cfg.webrtc_hosts)
+    except ValueError as e:
+        raise UsageError(f"WebRTC settings: {e}") from None
+    return cfg
 
 
 def print_stats(uploaded: int, downloaded: int) -> None:
@@ -322,6 +336,11 @@ def _add_net_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="0.0.0.0", help="listen address (default 0.0.0.0)")
     p.add_argument("--announce", action="append", metavar="URL", help="extra tracker URL (repeatable)")
     p.add_argument("--peer", action="append", metavar="HOST:PORT", help="dial this peer directly (repeatable)")
+    p.add_argument("--no-webrtc", action="store_true", help="do not join the WebTorrent (browser) swarm")
+    p.add_argument("--ice-server", action="append", metavar="URL",
+                   help="STUN/TURN server for WebRTC, e.g. stun:stun.example.org:3478 or turn:user:pass@host:3478")
+    p.add_argument("--webrtc-host", action="append", metavar="ADDR",
+                   help="local address WebRTC gathers candidates on (default: all but loopback)")
     p.add_argument("--encryption", choices=["allow", "prefer", "require", "off"], default="allow",
                    help="MSE/PE: allow (default: plaintext first, encrypted when the peer wants it), prefer, "
                         "require, or off")

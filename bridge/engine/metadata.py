@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -58,7 +58,10 @@ class OpenConnection:
     transport: PeerTransport
     wire: Wire
     handshake: ev.Handshake
-    address: Address
+    #: the dialled address, or another unique key for a WebRTC peer
+    address: Hashable
+    #: we dialled ``address`` (so it can be redialled and shared through PEX)
+    dialled: bool = True
     #: messages received that the torrent must still see (bitfield, haves, ...)
     pending: list[ev.Event] = field(default_factory=list)
 
@@ -71,8 +74,8 @@ class MetadataFetcher:
         self.tag = tag or info_hash.hex()[:8]
         self.assembler = MetadataAssembler(info_hash)
         self._known: dict[Address, float] = {}
-        self._busy: set[Address] = set()
-        self._open: dict[Address, OpenConnection] = {}
+        self._busy: set[Hashable] = set()
+        self._open: dict[Hashable, OpenConnection] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self.done = asyncio.Event()
@@ -119,49 +122,77 @@ class MetadataFetcher:
         assert self.raw is not None
         suspects = self.assembler.suspects
         keep = []
-        for addr, conn in self._open.items():
-            if addr in suspects:
+        for key, conn in self._open.items():
+            if key in suspects:
                 conn.transport.close()
             else:
                 keep.append(conn)
         return self.raw, keep
 
+    # -------------------------------------------------------------- RtcTarget (WebRTC peers)
+    def our_handshake(self) -> ev.Handshake:
+        reserved = make_reserved(extensions=True, fast=self.config.fast_extension)
+        return ev.Handshake(self.info_hash, self.session.peer_id, reserved)
+
+    def room(self) -> int:
+        return 0 if self.done.is_set() else max(0, self.config.max_peers - len(self._busy))
+
+    def stats(self) -> tuple[int, int, int | None]:
+        return 0, 0, None  # size unknown until the metadata is in
+
+    async def adopt(self, transport: PeerTransport, wire: Wire, handshake: ev.Handshake,
+                    pending: list[ev.Event]) -> None:
+        """A WebRTC peer (a browser) found through a WebSocket tracker: fetch metadata from it too."""
+        key = ("webrtc", id(transport))
+        self._busy.add(key)
+        await self._serve(OpenConnection(transport, wire, handshake, key, dialled=False), pending)
+
+    # ------------------------------------------------------------------------------------- TCP
     async def _connection(self, addr: Address) -> None:
+        try:
+            opened = await dial(addr[0], addr[1], self.our_handshake(), self.config)
+        except (OSError, TimeoutError, RemoteProtocolError) as e:
+            log.debug("[%s] metadata from %s:%d: %s", self.tag, addr[0], addr[1], e or type(e).__name__)
+            self._busy.discard(addr)
+            self._wake.set()
+            return
+        conn = OpenConnection(opened.transport, opened.wire, opened.handshake, addr)
+        await self._serve(conn, opened.pending)
+
+    async def _serve(self, conn: OpenConnection, events: list[ev.Event]) -> None:
+        """Send our opening messages and trade metadata; keep the connection for the torrent if it is good."""
         cfg = self.config
-        transport: PeerTransport | None = None
+        addr = conn.address
+        hs = conn.handshake
         keep_open = False
         try:
-            reserved = make_reserved(extensions=True, fast=cfg.fast_extension)
-            opened = await dial(addr[0], addr[1], ev.Handshake(self.info_hash, self.session.peer_id, reserved), cfg)
-            transport, wire, hs, events = opened.transport, opened.wire, opened.handshake, opened.pending
             if hs.peer_id == self.session.peer_id:
                 return
             if not hs.extension_protocol:
-                log.debug("[%s] %s:%d has no extension protocol; cannot fetch metadata", self.tag, *addr)
+                log.debug("[%s] %s has no extension protocol; cannot fetch metadata", self.tag, addr)
                 return
             opening = b""
             if hs.fast_extension and cfg.fast_extension:
-                opening += wire.send(ev.HaveNone())
+                opening += conn.wire.send(ev.HaveNone())
             ours = ExtendedHandshake(
                 m=dict(OUR_EXTENSION_IDS),
                 v=f"webtorrent-bridge {__version__}",
                 p=self.session.listen_port or None,
-                yourip=packed_ip(addr[0]),
+                yourip=packed_ip(conn.transport.remote_address[0]),
             )
-            opening += wire.send(ev.Extended(0, encode_handshake(ours)))
-            await transport.write(opening)
+            opening += conn.wire.send(ev.Extended(0, encode_handshake(ours)))
+            await conn.transport.write(opening)
             self.connected += 1
-            conn = OpenConnection(transport, wire, hs, addr)
             keep_open = await self._exchange(conn, events)
             if keep_open:
                 self._open[addr] = conn
         except (OSError, TimeoutError, RemoteProtocolError) as e:
-            log.debug("[%s] metadata from %s:%d: %s", self.tag, addr[0], addr[1], e or type(e).__name__)
+            log.debug("[%s] metadata from %s: %s", self.tag, addr, e or type(e).__name__)
         finally:
             self._busy.discard(addr)
             self.assembler.peer_gone(addr)
-            if transport is not None and not keep_open:
-                transport.close()
+            if not keep_open:
+                conn.transport.close()
             self._wake.set()
 
     async def _exchange(self, conn: OpenConnection, events: list[ev.Event]) -> bool:
@@ -178,10 +209,10 @@ class MetadataFetcher:
                         theirs = decode_handshake(e.payload)
                         their_id = theirs.m.get(UT_METADATA) or None
                         if their_id is None or theirs.metadata_size is None:
-                            log.debug("[%s] %s:%d cannot serve metadata", self.tag, *addr)
+                            log.debug("[%s] %s cannot serve metadata", self.tag, addr)
                             return False
                         if not self.assembler.offer_size(theirs.metadata_size, addr):
-                            log.info("[%s] %s:%d gave an unusable metadata size %d", self.tag, addr[0], addr[1],
+                            log.info("[%s] %s gave an unusable metadata size %d", self.tag, addr,
                                      theirs.metadata_size)
                             return False
                         conn.pending.append(e)  # the torrent's peer learns reqq, m, p from it too
@@ -204,7 +235,7 @@ class MetadataFetcher:
                     else:
                         conn.pending.append(e)
                 if addr in self.assembler.suspects:
-                    log.info("[%s] %s:%d sent metadata that failed the info-hash", self.tag, *addr)
+                    log.info("[%s] %s sent metadata that failed the info-hash", self.tag, addr)
                     return False
                 if self.done.is_set():
                     if out:

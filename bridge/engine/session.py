@@ -24,6 +24,7 @@ from .announcer import Announcer
 from .handshake import accept
 from .metadata import MetadataFetcher, OpenConnection
 from .torrent import Address, Torrent
+from .webrtc import WebRtcSide
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ class Session:
         progress: ProgressFn | None = None,
         announcer: Announcer | None = None,
         connections: Iterable[OpenConnection] = (),
+        webrtc: WebRtcSide | None = None,
     ) -> Torrent:
         """Check existing data, then start the torrent."""
         if info.info_hash in self.torrents:
@@ -81,7 +83,7 @@ class Session:
         torrent = Torrent(self, info, storage, have, config=self.config.peer, trackers=trackers, seed=seed)
         self.torrents[info.info_hash] = torrent
         torrent.add_peers(peers, sticky=True)
-        await torrent.start(announcer, connections)
+        await torrent.start(announcer, connections, webrtc)
         return torrent
 
     async def add_magnet(
@@ -117,12 +119,19 @@ class Session:
         if tiers and self.config.trackers_enabled:
             announcer = Announcer(tiers, info_hash, self.peer_id, self.listen_port, stats, on_peers, self.http)
             announce_task = asyncio.create_task(announcer.run(), name=f"announce {info_hash.hex()[:8]}")
+        side: WebRtcSide | None = None
+        if self.config.webrtc and self.config.trackers_enabled and self.ws_pool is not None:
+            side = WebRtcSide(fetcher, self.rtc_config, self.peer_id, self.config.peer.handshake_timeout)
+            if not side.join(self.ws_pool, tiers, info_hash):
+                side = None
         try:
             raw, connections = await fetcher.run()
         except BaseException:
             if announcer is not None and announce_task is not None:
                 await announcer.stop()
                 announce_task.cancel()
+            if side is not None:
+                await side.aclose()
             raise
         info = parse_info(raw, expected_hash=info_hash)
         log.info("[%s] metadata verified (%d bytes, %d pieces)", info.name, len(raw), info.num_pieces)
@@ -130,7 +139,7 @@ class Session:
             on_metadata(info)
         torrent = await self.add_torrent(
             info, download_dir, trackers=tiers, peers=peers, seed=seed, progress=progress,
-            announcer=announcer, connections=connections,
+            announcer=announcer, connections=connections, webrtc=side,
         )
         target.append(torrent)
         if announce_task is not None:

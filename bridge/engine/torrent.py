@@ -129,21 +129,24 @@ class Torrent:
             exc = task.exception()
             log.error("[%s] task %s failed: %r", self.tag, task.get_name(), exc, exc_info=exc)
 
-    async def start(self, announcer: Announcer | None = None, connections: Iterable[OpenConnection] = ()) -> None:
+    async def start(self, announcer: Announcer | None = None, connections: Iterable[OpenConnection] = (),
+                    webrtc: WebRtcSide | None = None) -> None:
         """Start the timers, the dialler and the trackers. A magnet download passes the announcer and the
         connections that fetched the metadata, so nothing is announced or dialled twice."""
         connections = list(connections)
         # Mark them as being connected before the dialler runs, so it does not dial them a second time
         # (peer ids cannot tell: libtorrent uses a new one per connection).
-        self._connecting.update(c.address for c in connections)
+        self._connecting.update(c.address for c in connections if c.dialled)  # type: ignore[misc]
         self._spawn(self._ticker(), f"tick {self.tag}")
         self._spawn(self._connector(), f"connect {self.tag}")
         for conn in connections:
+            dialled = conn.address if conn.dialled else None
             self._spawn(
-                self.run_peer(conn.transport, conn.wire, conn.handshake, conn.pending, address=conn.address, opened=True),
-                f"peer {conn.address[0]}:{conn.address[1]}",
+                self.run_peer(conn.transport, conn.wire, conn.handshake, conn.pending, address=dialled,  # type: ignore[arg-type]
+                              opened=True),
+                f"peer {conn.address}",
             )
-        self._join_webtorrent()
+        self._join_webtorrent(webrtc)
         if announcer is not None:
             self._announcer = announcer
         elif self.trackers and self.session.config.trackers_enabled:
@@ -161,21 +164,30 @@ class Torrent:
             self._announcer = announcer  # a seed from the start announces started with left=0, never completed
             self._spawn(announcer.run(), f"announce {self.tag}")
 
-    def _join_webtorrent(self) -> None:
-        """Announce to every ws:// and wss:// tracker, with WebRTC offers (BEP 12 tiers do not apply:
-        browsers are only found through these trackers, so each one is used)."""
+    def room(self) -> int:
+        """Peers still wanted (for WebRTC offers and answers)."""
+        if self._stopping or self.error is not None or (self.is_complete and not self.seed_after_complete):
+            return 0
+        return max(0, self.config.max_peers - len(self.peers))
+
+    async def adopt(self, transport: PeerTransport, wire: Wire, handshake: ev.Handshake,
+                    pending: list[ev.Event]) -> None:
+        """A WebRTC peer whose handshakes are done (not dialable: no listen address for PEX)."""
+        await self.run_peer(transport, wire, handshake, pending)
+
+    def _join_webtorrent(self, side: WebRtcSide | None) -> None:
+        """Join the browser swarm through the ws:// trackers, or take over the magnet's WebRTC side."""
+        if side is not None:
+            side.retarget(self)
+            self._webrtc = side
+            return
         cfg = self.session.config
         pool = self.session.ws_pool
-        urls = [u for tier in self.trackers for u in tier if u.startswith(("ws://", "wss://"))]
-        if not (cfg.webrtc and cfg.trackers_enabled and urls and pool is not None):
+        if not (cfg.webrtc and cfg.trackers_enabled and pool is not None):
             return
-        side = WebRtcSide(self, self.session.rtc_config)
-        for url in dict.fromkeys(urls):
-            try:
-                side.swarms.append(pool.client(url).join(self.info_hash, self.session.peer_id, side))
-            except (ValueError, RuntimeError) as e:
-                log.warning("[%s] cannot use WebSocket tracker %s: %s", self.tag, url, e)
-        self._webrtc = side
+        side = WebRtcSide(self, self.session.rtc_config, self.session.peer_id, self.config.handshake_timeout)
+        if side.join(pool, self.trackers, self.info_hash):
+            self._webrtc = side
 
     def adopt_task(self, task: asyncio.Task[None]) -> None:
         """Own a task started before the torrent existed (the magnet's announcer); cancelled on stop."""

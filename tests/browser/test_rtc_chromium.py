@@ -1,0 +1,108 @@
+"""RtcTransport against a real browser: headless Chromium's own RTCPeerConnection, both directions.
+
+The page (static/rtc.js) speaks like WebTorrent's simple-peer: non-trickle SDP without
+a=end-of-candidates, one ordered reliable channel with a random 40-hex label, binary messages of at most
+16 KiB sent under a bufferedAmount limit. Data is checked by SHA-256 on both sides, so megabytes never
+travel through page.evaluate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+
+import pytest
+from chromium_rtc import RtcPage, candidates, loopback_only
+
+from bridge.net.rtc import MAX_MESSAGE_SIZE, RtcConfig, RtcTransport, answer_offer, create_offer
+
+pytestmark = pytest.mark.timeout(180)
+
+LOOPBACK = RtcConfig(host_addresses=("127.0.0.1",), connect_timeout=20.0)
+WAIT = 60.0
+SIZE = 3 * 1024 * 1024 + 12345  # not a multiple of anything
+
+
+async def read_exactly(t: RtcTransport, n: int) -> bytes:
+    got = bytearray()
+    async with asyncio.timeout(WAIT):
+        while len(got) < n:
+            chunk = await t.read()
+            assert chunk, f"stream ended after {len(got)} of {n} bytes"
+            got += chunk
+    return bytes(got)
+
+
+async def exchange(page: RtcPage, transport: RtcTransport) -> None:
+    """Bytes both ways at once, exactly; the browser sees messages of at most 16 KiB."""
+    ours = os.urandom(SIZE)
+
+    async def to_browser() -> dict[str, object]:
+        received = asyncio.ensure_future(page.call("receive", SIZE))
+        step = 100_003
+        for pos in range(0, SIZE, step):
+            await transport.write(ours[pos : pos + step])
+        return await received
+
+    async def from_browser() -> tuple[str, bytes]:
+        sent = asyncio.ensure_future(page.call("send", SIZE))
+        data = await read_exactly(transport, SIZE)
+        return await sent, data
+
+    async with asyncio.timeout(WAIT):
+        at_browser, (browser_sha, theirs) = await asyncio.gather(to_browser(), from_browser())
+    assert at_browser["sha256"] == hashlib.sha256(ours).hexdigest()
+    assert at_browser["maxMessage"] == MAX_MESSAGE_SIZE
+    assert at_browser["textMessages"] == 0
+    assert browser_sha == hashlib.sha256(theirs).hexdigest()
+
+
+async def test_browser_offers_python_answers(page: RtcPage) -> None:
+    offer = await page.call("makeOffer")
+    assert "a=end-of-candidates" not in offer  # like simple-peer: the answerer must end candidates itself
+    offer = loopback_only(offer)
+    assert candidates(offer), "Chromium offered no 127.0.0.1 candidate (loopback flag or permission missing?)"
+    answer, answered = await answer_offer(offer, LOOPBACK)
+    assert candidates(answer) and all(" 127.0.0.1 " in c for c in candidates(answer))
+    async with asyncio.timeout(WAIT):
+        label, transport = await asyncio.gather(page.call("acceptAnswer", answer), answered)
+    try:
+        assert re.fullmatch(r"[0-9a-f]{40}", label) and transport.channel.label == label
+        assert transport.remote_address[0] == "127.0.0.1"
+        await exchange(page, transport)
+        # the browser closing its side ends our stream
+        await page.call("closePeer")
+        async with asyncio.timeout(WAIT):
+            while await transport.read():
+                pass
+    finally:
+        transport.close()
+        async with asyncio.timeout(WAIT):
+            await transport.wait_closed()
+
+
+async def test_python_offers_browser_answers(page: RtcPage) -> None:
+    offer = await create_offer(LOOPBACK)
+    try:
+        answer = loopback_only(await page.call("answerOffer", offer.sdp))
+        assert candidates(answer), "Chromium answered with no 127.0.0.1 candidate"
+        async with asyncio.timeout(WAIT):
+            transport, label = await asyncio.gather(offer.accept_answer(answer), page.call("waitChannel"))
+    except BaseException:
+        offer.close()
+        raise
+    try:
+        assert transport.channel.label == label
+        assert transport.remote_address[0] == "127.0.0.1"
+        await exchange(page, transport)
+        # our side closing ends the browser's channel
+        transport.close()
+        async with asyncio.timeout(WAIT):
+            while not await page.page.evaluate("() => window.rtcState().closed"):
+                await asyncio.sleep(0.05)
+    finally:
+        transport.close()
+        async with asyncio.timeout(WAIT):
+            await transport.wait_closed()

@@ -154,3 +154,61 @@ async def test_bridge_downloads_from_browser_seed(tmp_path, ws_tracker, wt_page)
 async def _drain(stream: asyncio.StreamReader, log: list[str]) -> None:
     while line := await stream.readline():
         log.append(line.decode(errors="replace"))
+
+
+def libtorrent_tcp_seed(torrent: Path, data_dir: Path):
+    """libtorrent seeding over TCP only (no uTP, no WebTorrent, no DHT/LSD/UPnP/NAT-PMP), on 127.0.0.1."""
+    try:
+        import libtorrent as lt
+    except ImportError as e:
+        pytest.fail(f"libtorrent (PyPI) is needed: {e}")
+    settings = {
+        "listen_interfaces": "127.0.0.1:0",
+        "enable_dht": False,
+        "enable_lsd": False,
+        "enable_upnp": False,
+        "enable_natpmp": False,
+        "enable_outgoing_utp": False,
+        "enable_incoming_utp": False,
+        "allow_multiple_connections_per_ip": True,
+    }
+    # libtorrent 2.1 also speaks WebTorrent, but only through ws:// trackers; this torrent names none and
+    # libtorrent is never told the page's tracker, so the bridge is the page's only way to the data.
+    ses = lt.session(settings)
+    params = lt.add_torrent_params()
+    params.ti = lt.torrent_info(str(torrent))
+    params.save_path = str(data_dir)
+    handle = ses.add_torrent(params)
+    return lt, ses, handle
+
+
+async def test_cross_swarm_classic_seed_to_browser_through_bridge(tmp_path, ws_tracker, wt_page):
+    """libtorrent seeds over TCP only; the bridge joins with --peer; the page has only the magnet and the
+    ws tracker, so every byte it gets comes through the bridge."""
+    src, digest = make_file(tmp_path / "src", "relay.bin", 4 * 1024 * 1024 + 77)
+    torrent = tmp_path / "relay.torrent"
+    created = subprocess.run([sys.executable, "-m", "bridge", "create", str(src), "-o", str(torrent)],
+                             capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert created.returncode == 0, created.stderr
+    magnet = created.stdout.strip().splitlines()[-1]
+    lt, ses, handle = libtorrent_tcp_seed(torrent, src.parent)
+    async with asyncio.timeout(30):
+        while not handle.status().is_seeding:
+            await asyncio.sleep(0.1)
+    seed_port = ses.listen_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bridge", "-v", "download", str(torrent), "-o", str(tmp_path / "bridge"), "--seed",
+        "--peer", f"127.0.0.1:{seed_port}", "--announce", ws_tracker, "--port", "0", "--host", "127.0.0.1",
+        "--webrtc-host", "127.0.0.1", stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(REPO),
+    )
+    log: list[str] = []
+    assert proc.stderr is not None
+    drain = asyncio.create_task(_drain(proc.stderr, log))
+    try:
+        files = await wt_page.evaluate("([m, a]) => window.download(m, a)", [magnet, [ws_tracker]])
+        assert files == [{"name": "relay.bin", "sha256": digest}], "".join(log[-60:])
+        assert any("connected (webrtc" in line for line in log), "".join(log[-60:])
+    finally:
+        await stop(proc)
+        drain.cancel()
+        del ses

@@ -137,7 +137,7 @@ async def test_back_pressure_bounds_buffered_amount(pair: tuple[RtcTransport, Rt
         send(message)
         seen.append(channel.bufferedAmount)
 
-    channel.send = recording_send  # type: ignore[method-assign]
+    channel.send = recording_send  # type: ignore[method-assign,assignment]
     total = 32 << 20
     block = os.urandom(1 << 20)
 

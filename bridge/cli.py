@@ -311,6 +311,29 @@ def cmd_seed(args: argparse.Namespace) -> int:
                                            download=False))
 
 
+def cmd_tracker(args: argparse.Namespace) -> int:
+    from .tracker import run_tracker
+
+    check_port(args.port)
+
+    async def run() -> int:
+        stop = asyncio.Event()
+        _stop_on_signals(stop)
+
+        def ready(server: Any) -> None:
+            print(f"listening on {server.host}:{server.port}", file=sys.stderr, flush=True)
+            print(f"WebSocket (WebTorrent): {server.ws_url}\nHTTP announce: {server.http_announce_url}\n"
+                  f"UDP announce: {server.udp_announce_url}", flush=True)
+
+        try:
+            await run_tracker(args.host, args.port, stop, ready=ready)
+        except OSError as e:
+            raise UsageError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
+        return 0
+
+    return run_async(run)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -381,6 +404,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="DIR", help="where a .torrent's data lives (default .)")
     _add_net_options(p)
     p.set_defaults(func=cmd_seed)
+    p = sub.add_parser("tracker", help="run the embedded tracker: WebSocket (browsers), HTTP and UDP on one port")
+    p.add_argument("--host", default="0.0.0.0", help="listen address (default 0.0.0.0)")
+    p.add_argument("--port", type=int, default=8000, help="port for HTTP and WebSocket, and UDP (default 8000)")
+    p.set_defaults(func=cmd_tracker)
+
     p = sub.add_parser("demo", help="seed and download a sample on this machine (no tracker needed)")
     p.add_argument("path", nargs="?", help="file or folder to use instead of a generated sample")
     p.add_argument("--workdir", metavar="DIR", help="where to put the demo's files (default: a new temp folder)")

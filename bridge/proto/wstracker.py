@@ -307,9 +307,9 @@ def parse_tracker_message(data: str | bytes) -> TrackerMessage:
 def encode_tracker_message(msg: TrackerMessage) -> str:
     d: dict[str, Any]
     if isinstance(msg, Failure):
-        d = {"failure reason": msg.reason}
+        # Every tracker message needs ``action``: WebTorrent treats one without it as a socket error.
+        d = {"action": "announce", "failure reason": msg.reason}
         if msg.info_hash is not None:
-            d["action"] = "announce"
             d["info_hash"] = id_to_str(msg.info_hash)
     elif isinstance(msg, ScrapeReply):
         d = {"action": "scrape", "files": {id_to_str(h): {"complete": c, "incomplete": i, "downloaded": dl}

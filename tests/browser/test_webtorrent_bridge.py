@@ -1,7 +1,7 @@
 """Real WebTorrent in headless Chromium and the bridge, one swarm, WebRTC data channels, a ws tracker.
 
-The tracker here is bittorrent-tracker (npm, the reference); the bridge's own embedded tracker gets the
-same tests once it lands. Everything runs on this machine: the bridge gathers ICE candidates on
+Each test runs twice: with the bridge's embedded tracker (``webtorrent-bridge tracker``) and with
+bittorrent-tracker (npm, the reference). Everything runs on this machine: the bridge gathers ICE candidates on
 127.0.0.1 only, and the page uses no STUN server.
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -30,22 +30,31 @@ WS_TRACKER = REPO / "tests" / "tools" / "ws_tracker.mjs"
 TRANSFER_TIMEOUT = 90.0
 
 
-@pytest.fixture
-async def ws_tracker() -> AsyncIterator[str]:
-    node = shutil.which("node")
-    if node is None or not (REPO / "tests" / "tools" / "node_modules" / "bittorrent-tracker").is_dir():
-        pytest.fail("node and tests/tools/node_modules/bittorrent-tracker are needed (run scripts/setup)")
+@pytest.fixture(params=["embedded", "bittorrent-tracker"])
+async def ws_tracker(request) -> AsyncIterator[str]:
+    """A WebSocket tracker: the bridge's own (``webtorrent-bridge tracker``) or the npm reference."""
+    if request.param == "embedded":
+        cmd = [sys.executable, "-m", "bridge", "tracker", "--host", "127.0.0.1", "--port", "0"]
+        cwd = REPO
+    else:
+        node = shutil.which("node")
+        if node is None or not (REPO / "tests" / "tools" / "node_modules" / "bittorrent-tracker").is_dir():
+            pytest.fail("node and tests/tools/node_modules/bittorrent-tracker are needed (run scripts/setup)")
+        cmd = [node, str(WS_TRACKER)]
+        cwd = WS_TRACKER.parent
     proc = await asyncio.create_subprocess_exec(
-        node, str(WS_TRACKER), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-        cwd=str(WS_TRACKER.parent),
+        *cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=str(cwd),
     )
     try:
         assert proc.stdout is not None
         async with asyncio.timeout(20):
-            line = await proc.stdout.readline()
-        yield json.loads(line)["url"]
+            line = (await proc.stdout.readline()).decode()
+        m = re.search(r"ws://[^\s\"]+", line)
+        assert m, f"no ws:// URL from the {request.param} tracker: {line!r}"
+        yield m.group(0)
     finally:
-        proc.kill()
+        if proc.returncode is None:
+            proc.kill()
         await proc.wait()
 
 

@@ -1,0 +1,656 @@
+"""The embedded tracker's I/O: one aiohttp application and one UDP endpoint on the same port number.
+
+* ``GET /`` with a WebSocket upgrade: WebTorrent signalling (the bittorrent-tracker protocol), codec
+  :mod:`bridge.proto.wstracker`.
+* ``GET /announce`` and ``GET /scrape``: BEP 3 / 7 / 23 / 48 over HTTP, codec :mod:`bridge.tracker.codec`.
+* ``GET /stats``: JSON counters.
+* UDP on the same port number: BEP 15 connect, announce and scrape.
+
+All swarm logic is in :class:`bridge.tracker.state.SwarmRegistry`; this module only moves bytes, keeps the
+clock (``loop.time()``) and enforces per-connection limits. A bad request gets a ``failure reason`` (or is
+dropped); it never disturbs other clients.
+
+Every message to a WebSocket client goes through that connection's outbox (see ``_WsConn``), flushed in
+one write per event-loop pass and held back while the transport is over its high-water mark. A connection
+whose outbox is over a high-water mark is not read until it drains, so a client that does not read its
+replies stops being served; offers forwarded to a connection whose outbox is full are dropped (WebTorrent
+gives up on an unanswered offer after 50 s anyway).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import secrets
+import socket
+import struct
+from collections.abc import Callable
+from typing import Any, cast
+
+from aiohttp import WSMsgType, web
+
+from ..errors import TrackerError
+from ..proto.wstracker import (
+    MAX_MESSAGE_SIZE,
+    Announce,
+    AnnounceReply,
+    Answer,
+    Failure,
+    Scrape,
+    ScrapeReply,
+    encode_tracker_message,
+    id_to_str,
+    parse_client_message,
+)
+from .codec import (
+    ConnectionIds,
+    UdpAnnounce,
+    UdpConnect,
+    UdpRequestError,
+    UdpScrape,
+    encode_http_announce_reply,
+    encode_http_failure,
+    encode_http_scrape_reply,
+    encode_udp_announce,
+    encode_udp_connect,
+    encode_udp_error,
+    encode_udp_scrape,
+    normalize_ip,
+    parse_http_announce,
+    parse_http_scrape,
+    parse_udp_request,
+)
+from .state import DEFAULT_INTERVAL, SwarmRegistry
+
+__all__ = ["TrackerServer", "start_tracker", "run_tracker", "MAX_WS_CONNECTIONS", "WS_MAX_MESSAGE_SIZE"]
+
+log = logging.getLogger(__name__)
+
+# ---------------------------------------------------------------------------------------------------------
+# Limits
+# ---------------------------------------------------------------------------------------------------------
+
+#: Largest WebSocket message read, in bytes: the codec's limit (64 KiB, as aquatic). aiohttp checks the
+#: frame header, so a larger message closes the connection (code 1009) before its payload is buffered.
+WS_MAX_MESSAGE_SIZE = MAX_MESSAGE_SIZE
+#: Open WebSocket connections at once. Each costs a task, buffers and a file descriptor; further upgrade
+#: requests get HTTP 503.
+MAX_WS_CONNECTIONS = 10_000
+#: Bytes queued for one WebSocket connection before messages to it are dropped. Ten forwarded offers of
+#: ~3 KB SDP are 30 KB; 256 KiB is far beyond a healthy client's backlog.
+MAX_OUTBOX_BYTES = 256 * 1024
+#: Bytes queued over all WebSocket connections before messages are dropped, so that many clients that do
+#: not read cannot make the tracker hold MAX_WS_CONNECTIONS * MAX_OUTBOX_BYTES.
+MAX_OUTBOX_BYTES_TOTAL = 128 * 1024 * 1024
+#: A connection with more than this queued is not read until its outbox drains below it.
+OUTBOX_HIGH_WATER = 64 * 1024
+#: The outbox is not flushed while the transport holds more than this unsent (the client reads slowly) ...
+#: With the outbox limit, a stalled connection holds at most about 320 KiB in user space.
+WRITE_HIGH_WATER = 64 * 1024
+#: ... until it is down to this.
+WRITE_LOW_WATER = 16 * 1024
+#: Seconds between checks of a stalled transport (only for connections over WRITE_HIGH_WATER).
+DRAIN_POLL = 0.01
+#: Seconds between WebSocket pings; a connection that does not answer within half of it is closed. Dead
+#: connections would otherwise keep their peers in swarms until expiry.
+WS_HEARTBEAT = 60.0
+#: Largest HTTP request body accepted (announce and scrape are GETs; nothing needs a body).
+MAX_HTTP_BODY = 4096
+#: Bytes the UDP transport may hold unsent (the kernel buffer is full) before replies are dropped.
+MAX_UDP_SEND_BACKLOG = 1024 * 1024
+#: Receive buffer asked for the UDP socket, so a burst of announces is not dropped by the kernel.
+UDP_RECV_BUFFER = 1024 * 1024
+#: Distinct encoded announce replies kept (one per swarm and count pair in use; a few hundred bytes each).
+REPLY_CACHE_SIZE = 4096
+#: Seconds given to WebSocket clients to answer the close handshake when the tracker stops.
+CLOSE_TIMEOUT = 2.0
+#: Attempts at finding a port number free for both TCP and UDP when asked for port 0.
+_BIND_ATTEMPTS = 50
+
+
+def _url_host(host: str) -> str:
+    """The host to put in URLs: wildcards become loopback, IPv6 literals get brackets."""
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+def _failure_json(reason: str, action: str = "announce", info_hash: bytes | None = None) -> str:
+    """A failure message that always carries ``action`` (WebTorrent treats a message without it as a
+    socket error and reconnects), and ``info_hash`` when known, so the client can tell whose it is."""
+    if info_hash is not None and action == "announce":
+        return encode_tracker_message(Failure(reason, info_hash))
+    d: dict[str, Any] = {"action": action, "failure reason": reason}
+    if info_hash is not None:
+        d["info_hash"] = id_to_str(info_hash)
+    return json.dumps(d)
+
+
+def _request_context(data: str | bytes) -> tuple[str, bytes | None]:
+    """Best effort, for a message the codec rejected: its action ("announce"/"scrape") and a valid
+    info_hash if it has one, so the failure reply reaches the right torrent."""
+    if len(data) > WS_MAX_MESSAGE_SIZE:
+        return "announce", None
+    try:
+        obj = json.loads(data)
+    except (ValueError, RecursionError):
+        return "announce", None
+    if not isinstance(obj, dict):
+        return "announce", None
+    action = "scrape" if obj.get("action") == "scrape" else "announce"
+    ih = obj.get("info_hash")
+    if isinstance(ih, str) and len(ih) == 20:
+        with contextlib.suppress(UnicodeEncodeError):
+            return action, ih.encode("latin-1")
+    return action, None
+
+
+class _OutboxBudget:
+    """Bytes queued over all WebSocket connections of one tracker, and messages dropped for lack of room."""
+
+    __slots__ = ("queued", "dropped")
+
+    def __init__(self) -> None:
+        self.queued = 0
+        self.dropped = 0
+
+
+def _text_frame_header(n: int) -> bytes:
+    """RFC 6455 header of an unmasked, final text frame with an ``n``-byte payload (server to client)."""
+    if n < 126:
+        return bytes((0x81, n))
+    if n < 0x10000:
+        return _FRAME16.pack(0x81, 126, n)
+    return _FRAME64.pack(0x81, 127, n)
+
+
+_FRAME16 = struct.Struct("!BBH")
+_FRAME64 = struct.Struct("!BBQ")
+
+
+class _WsConn:
+    """One WebSocket connection's outbox. Also the registry's socket key (by identity).
+
+    Messages are framed here and written to the transport in one write per event-loop pass: an announce
+    sends a reply plus up to ten offers to other connections, and under load each connection gets several
+    messages per pass. aiohttp's ``send_str`` makes one transport write (one syscall) per message, which
+    was most of the tracker's CPU time. aiohttp still writes its own control frames (pong, ping, close);
+    every write is a whole frame made synchronously, so frames never interleave. Nothing is written once
+    aiohttp has started closing.
+
+    Back-pressure: while the transport holds more than WRITE_HIGH_WATER unsent bytes the outbox is not
+    flushed; it is retried every DRAIN_POLL seconds until the transport is under WRITE_LOW_WATER. The
+    reader of this connection stops reading while its outbox is over OUTBOX_HIGH_WATER, and messages that
+    would take the outbox over MAX_OUTBOX_BYTES (or all outboxes together over MAX_OUTBOX_BYTES_TOTAL) are
+    dropped.
+    """
+
+    __slots__ = ("ws", "transport", "remote", "loop", "budget", "frames", "queued", "scheduled", "waiting",
+                 "drained", "closed", "dropped", "__weakref__")
+
+    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport, remote: str,
+                 budget: _OutboxBudget) -> None:
+        self.ws = ws
+        self.budget = budget
+        self.transport = transport
+        self.remote = remote
+        self.loop = asyncio.get_running_loop()
+        self.frames: list[bytes] = []
+        self.queued = 0
+        self.scheduled = False
+        self.waiting: asyncio.Task[None] | None = None
+        self.drained = asyncio.Event()
+        self.drained.set()
+        self.closed = False
+        self.dropped = 0
+
+    def send(self, text: str) -> bool:
+        """Queue one text message; False (dropped) if the connection is closing or its outbox is full."""
+        return self.send_payload(text.encode("utf-8"))
+
+    def send_payload(self, payload: bytes) -> bool:
+        """Queue one text message already encoded as UTF-8."""
+        n = len(payload)
+        budget = self.budget
+        if self.closed or self.queued + n > MAX_OUTBOX_BYTES or budget.queued + n > MAX_OUTBOX_BYTES_TOTAL:
+            self.dropped += 1
+            budget.dropped += 1
+            return False
+        budget.queued += n
+        self.frames.append(_text_frame_header(len(payload)))
+        self.frames.append(payload)
+        self.queued += n
+        if not self.scheduled and self.waiting is None:
+            self.scheduled = True
+            self.loop.call_soon(self.flush)
+        return True
+
+    def flush(self) -> None:
+        self.scheduled = False
+        if not self.frames or self.closed:
+            return
+        transport = self.transport
+        if self.ws.closed or transport.is_closing():
+            self.close()
+            return
+        if transport.get_write_buffer_size() > WRITE_HIGH_WATER:
+            if self.waiting is None:
+                self.waiting = self.loop.create_task(self._wait_writable())
+            return
+        transport.write(b"".join(self.frames))
+        self.frames.clear()
+        self.budget.queued -= self.queued
+        self.queued = 0
+        self.drained.set()
+
+    async def _wait_writable(self) -> None:
+        try:
+            while not self.closed and not self.transport.is_closing():
+                if self.transport.get_write_buffer_size() <= WRITE_LOW_WATER:
+                    break
+                await asyncio.sleep(DRAIN_POLL)
+        finally:
+            self.waiting = None
+        self.flush()
+
+    def close(self) -> None:
+        self.closed = True
+        self.frames.clear()
+        self.budget.queued -= self.queued
+        self.queued = 0
+        self.drained.set()
+        if self.waiting is not None:
+            self.waiting.cancel()
+            self.waiting = None
+
+
+class _UdpTracker(asyncio.DatagramProtocol):
+    def __init__(self, server: TrackerServer) -> None:
+        self.server = server
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # No isinstance check: uvloop's (and some asyncio) datagram transports do not subclass it.
+        self.transport = cast(asyncio.DatagramTransport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECV_BUFFER)
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        try:
+            reply = self.server._on_datagram(data, addr)
+        except Exception:  # a bug must cost only this datagram
+            log.exception("udp tracker: internal error on a datagram from %s", addr)
+            return
+        transport = self.transport
+        if reply is None or transport is None or transport.is_closing():
+            return
+        # asyncio's and uvloop's datagram transports both have it; typeshed lists it on WriteTransport only.
+        backlog: Callable[[], int] | None = getattr(transport, "get_write_buffer_size", None)
+        if backlog is not None and backlog() > MAX_UDP_SEND_BACKLOG:
+            self.server.udp_dropped += 1
+            return
+        transport.sendto(reply, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("udp tracker socket error: %s", exc)
+
+
+class TrackerServer:
+    """A running embedded tracker. Make one with :func:`start_tracker`; stop it with :meth:`close`."""
+
+    def __init__(self, host: str, interval: int, rng: random.Random | None, secret: bytes | None) -> None:
+        self.host = host
+        self.port = 0
+        self.interval = interval
+        self.state = SwarmRegistry(interval=interval, rng=rng)
+        self._ids = ConnectionIds(secret if secret is not None else secrets.token_bytes(32))
+        self._conns: set[_WsConn] = set()
+        self._reply_cache: dict[AnnounceReply, bytes] = {}
+        self._outbox = _OutboxBudget()
+        self._runner: web.AppRunner | None = None
+        self._udp: asyncio.DatagramTransport | None = None
+        self._expiry: asyncio.Task[None] | None = None
+        self._closed = False
+        self._loop = asyncio.get_running_loop()
+        # counters for /stats
+        self.ws_messages = 0
+        self.ws_failures = 0
+        self.http_failures = 0
+        self.scrapes: dict[str, int] = {"http": 0, "udp": 0, "ws": 0}
+        self.udp_connects = 0
+        self.udp_failures = 0
+        self.udp_dropped = 0
+
+    # ------------------------------------------------------------------------------------- URLs
+
+    @property
+    def http_announce_url(self) -> str:
+        return f"http://{_url_host(self.host)}:{self.port}/announce"
+
+    @property
+    def udp_announce_url(self) -> str:
+        return f"udp://{_url_host(self.host)}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{_url_host(self.host)}:{self.port}"
+
+    @property
+    def stats_url(self) -> str:
+        return f"http://{_url_host(self.host)}:{self.port}/stats"
+
+    # ------------------------------------------------------------------------------------- lifecycle
+
+    async def _start(self, port: int) -> None:
+        app = web.Application(client_max_size=MAX_HTTP_BODY)
+        app.router.add_get("/", self._handle_root)
+        app.router.add_get("/announce", self._handle_http_announce)
+        app.router.add_get("/scrape", self._handle_http_scrape)
+        app.router.add_get("/stats", self._handle_stats)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        await runner.setup()
+        self._runner = runner
+        try:
+            tcp = await self._bind(port)
+            site = web.SockSite(runner, tcp)
+            await site.start()
+        except BaseException:
+            await self._cleanup()
+            raise
+        self._expiry = asyncio.create_task(self._expire_loop(), name="tracker-expiry")
+        log.info("tracker listening on %s:%d (http %s, udp %s, ws %s)", self.host, self.port,
+                 self.http_announce_url, self.udp_announce_url, self.ws_url)
+
+    async def _bind(self, port: int) -> socket.socket:
+        """A listening TCP socket and the UDP endpoint, both on the same port number."""
+        loop = self._loop
+        infos = await loop.getaddrinfo(self.host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        if not infos:
+            raise OSError(f"cannot resolve {self.host!r}")
+        # "localhost" may resolve to ::1 first; the URLs name the host, and IPv4 is what clients try first.
+        infos.sort(key=lambda info: info[0] != socket.AF_INET)
+        family, _, _, _, sockaddr = infos[0]
+        last_error: OSError | None = None
+        for _ in range(_BIND_ATTEMPTS if port == 0 else 1):
+            tcp = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    with contextlib.suppress(OSError):
+                        tcp.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                tcp.bind(sockaddr)
+                tcp.listen(1024)
+                tcp.setblocking(False)
+                actual = int(tcp.getsockname()[1])
+                udp_addr = (sockaddr[0], actual, *sockaddr[2:])
+                transport, _ = await loop.create_datagram_endpoint(
+                    lambda: _UdpTracker(self), local_addr=udp_addr, family=family)
+            except OSError as exc:
+                tcp.close()
+                last_error = exc
+                continue
+            self._udp = transport
+            self.port = actual
+            return tcp
+        raise last_error or OSError("could not bind the tracker")
+
+    async def close(self) -> None:
+        """Stop serving: close every WebSocket (going away), the HTTP site and the UDP endpoint."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._cleanup()
+        log.info("tracker on port %d closed", self.port)
+
+    async def _cleanup(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._expiry
+        if self._conns:
+            # All at once and bounded: a client that does not answer the close must not hold up the rest.
+            closes = [conn.ws.close(code=1001, message=b"tracker shutting down") for conn in list(self._conns)]
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    await asyncio.gather(*closes, return_exceptions=True)
+        if self._udp is not None:
+            self._udp.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def __aenter__(self) -> TrackerServer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _expire_loop(self) -> None:
+        period = max(1.0, self.interval / 2)
+        while True:
+            await asyncio.sleep(period)
+            removed = self.state.expire(self._loop.time())
+            if removed:
+                log.debug("tracker: expired %d peers", removed)
+
+    # ------------------------------------------------------------------------------------- stats
+
+    def stats(self) -> dict[str, Any]:
+        s = self.state.stats()
+        s["ws_connections"] = len(self._conns)
+        s["ws_messages"] = self.ws_messages
+        s["failures"] = {"ws": self.ws_failures, "http": self.http_failures, "udp": self.udp_failures}
+        s["scrapes"] = dict(self.scrapes)
+        s["udp_connects"] = self.udp_connects
+        s["dropped"] = {"udp": self.udp_dropped, "ws": self._outbox.dropped}
+        s["ws_queued_bytes"] = self._outbox.queued
+        return s
+
+    async def _handle_stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self.stats())
+
+    # ------------------------------------------------------------------------------------- HTTP
+
+    @staticmethod
+    def _remote(request: web.Request) -> str | None:
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        if not peer:
+            return None
+        try:
+            return normalize_ip(str(peer[0]))
+        except ValueError:
+            return None
+
+    @staticmethod
+    def _bencoded(body: bytes) -> web.Response:
+        return web.Response(body=body, content_type="text/plain")
+
+    async def _handle_http_announce(self, request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            # ws://host:port/announce, as WebSocket tracker URLs are often written: signalling as on "/".
+            return await self._handle_root(request)
+        ip = self._remote(request)
+        try:
+            if ip is None:
+                raise TrackerError("cannot tell the client's address")
+            q = parse_http_announce(request.rel_url.raw_query_string)
+            reply = self.state.announce_addr("http", q.info_hash, q.peer_id, ip, q.port, q.left, q.event,
+                                             q.numwant, self._loop.time())
+        except TrackerError as exc:
+            self.http_failures += 1
+            log.debug("http announce from %s refused: %s", ip, exc)
+            return self._bencoded(encode_http_failure(str(exc)))
+        return self._bencoded(encode_http_announce_reply(reply, compact=q.compact, no_peer_id=q.no_peer_id))
+
+    async def _handle_http_scrape(self, request: web.Request) -> web.Response:
+        try:
+            hashes = parse_http_scrape(request.rel_url.raw_query_string)
+        except TrackerError as exc:
+            self.http_failures += 1
+            return self._bencoded(encode_http_failure(str(exc)))
+        self.scrapes["http"] += 1
+        return self._bencoded(encode_http_scrape_reply(self.state.scrape(hashes)))
+
+    # ------------------------------------------------------------------------------------- UDP
+
+    def _on_datagram(self, data: bytes, addr: Any) -> bytes | None:
+        """The reply to one datagram, or None. Only a connect request is answered without a valid
+        connection id, and its reply is no larger than the request: a forged source address cannot turn
+        the tracker into an amplifier."""
+        now = self._loop.time()
+        try:
+            ip = normalize_ip(str(addr[0]))
+            req = parse_udp_request(data)
+        except UdpRequestError as exc:
+            self.udp_failures += 1
+            if not self._ids.valid(exc.connection_id, ip, now):
+                return None
+            return encode_udp_error(exc.transaction_id, str(exc))
+        except (TrackerError, ValueError):
+            self.udp_failures += 1
+            return None  # not a BEP 15 request: no answer
+        if isinstance(req, UdpConnect):
+            self.udp_connects += 1
+            return encode_udp_connect(req.transaction_id, self._ids.issue(ip, now))
+        if not self._ids.valid(req.connection_id, ip, now):
+            self.udp_failures += 1
+            # 25 bytes: shorter than any scrape (36+) or announce (98+) request.
+            return encode_udp_error(req.transaction_id, "bad connection id")
+        if isinstance(req, UdpScrape):
+            self.scrapes["udp"] += 1
+            return encode_udp_scrape(req.transaction_id, self.state.scrape(req.info_hashes))
+        assert isinstance(req, UdpAnnounce)
+        ipv6 = ":" in ip
+        try:
+            reply = self.state.announce_addr("udp", req.info_hash, req.peer_id, ip, req.port, req.left,
+                                             req.event, req.numwant, now, want4=not ipv6, want6=ipv6)
+        except TrackerError as exc:
+            self.udp_failures += 1
+            return encode_udp_error(req.transaction_id, str(exc))
+        return encode_udp_announce(req.transaction_id, reply, ipv6=ipv6)
+
+    # ------------------------------------------------------------------------------------- WebSocket
+
+    async def _handle_root(self, request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(max_msg_size=WS_MAX_MESSAGE_SIZE, compress=False, heartbeat=WS_HEARTBEAT)
+        if not ws.can_prepare(request).ok:
+            return web.Response(text="webtorrent-bridge tracker: WebSocket signalling here, "
+                                     "HTTP at /announce and /scrape, UDP on this port number\n")
+        if len(self._conns) >= MAX_WS_CONNECTIONS or self._closed:
+            return web.Response(status=503, text="too many connections\n")
+        transport = request.transport
+        if transport is None:
+            return web.Response(status=500, text="no transport\n")
+        await ws.prepare(request)
+        conn = _WsConn(ws, transport, request.remote or "?", self._outbox)
+        self._conns.add(conn)
+        try:
+            while not conn.closed:
+                msg = await ws.receive()
+                if msg.type == WSMsgType.TEXT or msg.type == WSMsgType.BINARY:
+                    try:
+                        self._on_ws_message(conn, msg.data)
+                    except Exception:  # a bug must cost only this connection
+                        log.exception("ws %s: internal error; closing the connection", conn.remote)
+                        break
+                    if conn.queued > OUTBOX_HIGH_WATER:
+                        conn.drained.clear()
+                        await conn.drained.wait()
+                elif msg.type == WSMsgType.ERROR:
+                    log.debug("ws %s: %s", conn.remote, ws.exception() or msg.data)
+                    break
+                else:  # CLOSE, CLOSING, CLOSED
+                    break
+        finally:
+            self._conns.discard(conn)
+            conn.close()
+            removed = self.state.close_socket(conn)
+            if removed:
+                log.debug("ws %s closed: left %d swarms", conn.remote, removed)
+            if not ws.closed:
+                with contextlib.suppress(Exception):
+                    await ws.close()
+        return ws
+
+    def _on_ws_message(self, conn: _WsConn, data: str | bytes) -> None:
+        self.ws_messages += 1
+        try:
+            msg = parse_client_message(data)
+        except TrackerError as exc:
+            self.ws_failures += 1
+            action, ih = _request_context(data)
+            conn.send(_failure_json(str(exc), action, ih))
+            return
+        now = self._loop.time()
+        if isinstance(msg, Scrape):
+            self.scrapes["ws"] += 1
+            conn.send(encode_tracker_message(ScrapeReply(tuple(self.state.scrape(msg.info_hashes)))))
+            return
+        try:
+            if isinstance(msg, Announce):
+                out = self.state.announce_ws(conn, msg, now)
+            else:
+                assert isinstance(msg, Answer)
+                out = self.state.answer_ws(conn, msg, now)
+        except TrackerError as exc:
+            self.ws_failures += 1
+            conn.send(_failure_json(str(exc), "announce", msg.info_hash))
+            return
+        for target, message in out:
+            assert isinstance(target, _WsConn)
+            if isinstance(message, AnnounceReply):
+                target.send_payload(self._encoded_reply(message))
+            else:
+                target.send(encode_tracker_message(message))
+
+    def _encoded_reply(self, reply: AnnounceReply) -> bytes:
+        """Announce replies repeat (same swarm, same counts) far more often than they change: encode each
+        distinct one once. The cache is emptied when it reaches REPLY_CACHE_SIZE entries."""
+        payload = self._reply_cache.get(reply)
+        if payload is None:
+            if len(self._reply_cache) >= REPLY_CACHE_SIZE:
+                self._reply_cache.clear()
+            payload = self._reply_cache[reply] = encode_tracker_message(reply).encode("utf-8")
+        return payload
+
+
+async def start_tracker(
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    interval: int = DEFAULT_INTERVAL,
+    rng: random.Random | None = None,
+    secret: bytes | None = None,
+) -> TrackerServer:
+    """Start the embedded tracker on ``host``: TCP ``port`` (0: any free one) for HTTP and WebSocket, and
+    UDP on the same port number. ``interval`` is the re-announce interval told to clients (seconds);
+    ``rng`` the random source for peer selection; ``secret`` the key of UDP connection ids (random)."""
+    server = TrackerServer(host, interval, rng, secret)
+    await server._start(port)
+    return server
+
+
+async def run_tracker(
+    host: str,
+    port: int,
+    stop: asyncio.Event,
+    *,
+    interval: int = DEFAULT_INTERVAL,
+    ready: Callable[[TrackerServer], None] | None = None,
+) -> None:
+    """Serve until ``stop`` is set (for ``webtorrent-bridge tracker``). ``ready`` is called once the
+    tracker listens, with the server (its URLs), so the CLI can print them."""
+    server = await start_tracker(host, port, interval=interval)
+    try:
+        if ready is not None:
+            ready(server)
+        await stop.wait()
+    finally:
+        await server.close()
+

@@ -14,7 +14,7 @@ from ..net.tcp import connect_tcp
 from ..net.transport import PeerTransport
 from ..proto import events as ev
 from ..proto.mse import MseInitiator, MseResponder
-from ..proto.wire import PROTOCOL_NAME, Wire
+from ..proto.wire import PROTOCOL_NAME, Wire, make_reserved
 
 #: Order of attempts when dialling, per encryption setting: False = plaintext, True = MSE.
 _DIAL_ORDER = {"allow": (False, True), "prefer": (True, False), "require": (True,), "off": (False,)}
@@ -29,6 +29,11 @@ class Opened:
     handshake: ev.Handshake
     #: messages that arrived with the handshake
     pending: list[ev.Event] = field(default_factory=list)
+
+
+def our_handshake(info_hash: bytes, peer_id: bytes, cfg: PeerConfig) -> ev.Handshake:
+    """The handshake we send: BEP 10 always, BEP 6 when the config offers it."""
+    return ev.Handshake(info_hash, peer_id, make_reserved(extensions=True, fast=cfg.fast_extension))
 
 
 async def read_handshake(

@@ -32,9 +32,9 @@ from ..proto.extension import (
     encode_handshake,
     encode_metadata,
 )
-from ..proto.wire import Wire, make_reserved
+from ..proto.wire import Wire
 from ..swarm.metadata import MetadataAssembler
-from .handshake import dial
+from .handshake import dial, our_handshake
 from .peer import packed_ip
 
 if TYPE_CHECKING:
@@ -131,8 +131,7 @@ class MetadataFetcher:
 
     # -------------------------------------------------------------- RtcTarget (WebRTC peers)
     def our_handshake(self) -> ev.Handshake:
-        reserved = make_reserved(extensions=True, fast=self.config.fast_extension)
-        return ev.Handshake(self.info_hash, self.session.peer_id, reserved)
+        return our_handshake(self.info_hash, self.session.peer_id, self.config)
 
     def room(self) -> int:
         return 0 if self.done.is_set() else max(0, self.config.max_peers - len(self._busy))

@@ -17,13 +17,13 @@ from ..net.transport import PeerTransport
 from ..proto import events as ev
 from ..proto.extension import MAX_PEX_PEERS, PEX_REACHABLE, PEX_SEED, UT_PEX
 from ..proto.metainfo import InfoDict
-from ..proto.wire import BLOCK_SIZE, Wire, make_reserved
+from ..proto.wire import BLOCK_SIZE, Wire
 from ..storage import FileStorage
 from ..swarm.bitfield import Bitfield
 from ..swarm.choker import RECHOKE_INTERVAL, ChokeCandidate, Choker
 from ..swarm.picker import PiecePicker
 from ..swarm.rate import RateMeter
-from .handshake import dial
+from .handshake import dial, our_handshake
 from .peer import Peer
 from .webrtc import WebRtcSide
 
@@ -284,11 +284,7 @@ class Torrent:
             self._wake.set()
 
     def our_handshake(self) -> ev.Handshake:
-        return ev.Handshake(
-            info_hash=self.info_hash,
-            peer_id=self.session.peer_id,
-            reserved=make_reserved(extensions=True, fast=self.config.fast_extension),
-        )
+        return our_handshake(self.info_hash, self.session.peer_id, self.config)
 
     async def run_peer(
         self,

@@ -87,14 +87,23 @@ class WebRtcSide:
 
     async def make_offers(self, n: int) -> list[tuple[bytes, str]]:
         n = min(n, self._room(), MAX_PENDING_OFFERS - len(self._pending))
-        offers = []
-        for _ in range(max(n, 0)):
-            if self._closed:
-                break
-            pending = await create_offer(self.config)
-            offer_id = os.urandom(20)
-            self._pending[offer_id] = pending
-            offers.append((offer_id, pending.sdp))
+        offers: list[tuple[bytes, str]] = []
+        try:
+            for _ in range(max(n, 0)):
+                if self._closed:
+                    break
+                pending = await create_offer(self.config)
+                offer_id = os.urandom(20)
+                self._pending[offer_id] = pending
+                offers.append((offer_id, pending.sdp))
+        except BaseException:
+            # Cancelled (the tracker client's make_offers timeout) or failed: the offers made so far are
+            # never announced, so no answer or expiry will come for them. Close them here.
+            for offer_id, _ in offers:
+                dropped = self._pending.pop(offer_id, None)
+                if dropped is not None:
+                    dropped.close()
+            raise
         return offers
 
     async def on_offer(self, peer_id: bytes, offer_id: bytes, sdp: str) -> str | None:

@@ -10,6 +10,7 @@ Everything here is untrusted input: each parser returns a frozen message or rais
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,11 +142,16 @@ TrackerMessage = AnnounceReply | ForwardedOffer | RelayedAnswer | ScrapeReply | 
 # ------------------------------------------------------------------------------------------ helpers
 
 
-def _load(data: str | bytes) -> dict[str, Any]:
+#: A JSON parser: ``json.loads`` by default. The tracker server passes a faster one (orjson); it must raise
+#: ValueError (or RecursionError) on bad input, as both do.
+Loads = Callable[[str | bytes], Any]
+
+
+def _load(data: str | bytes, loads: Loads = json.loads) -> dict[str, Any]:
     if len(data) > MAX_MESSAGE_SIZE:
         raise TrackerError(f"message of {len(data)} bytes is over the limit of {MAX_MESSAGE_SIZE}")
     try:
-        obj = json.loads(data)
+        obj = loads(data)
     except (ValueError, RecursionError):
         raise TrackerError("message is not valid JSON") from None
     if not isinstance(obj, dict):
@@ -185,9 +191,9 @@ def _text(obj: dict[str, Any], key: str) -> str | None:
 # ------------------------------------------------------------------------------- client -> tracker
 
 
-def parse_client_message(data: str | bytes) -> ClientMessage:
+def parse_client_message(data: str | bytes, loads: Loads = json.loads) -> ClientMessage:
     """Parse what a WebTorrent client sends to a tracker (the tracker server's input)."""
-    obj = _load(data)
+    obj = _load(data, loads)
     action = obj.get("action")
     if action == "scrape":
         raw = obj.get("info_hash", [])
@@ -215,10 +221,20 @@ def parse_client_message(data: str | bytes) -> ClientMessage:
         raise TrackerError("offers: expected a list")
     offers = []
     for n, item in enumerate(offers_raw[:MAX_OFFERS]):
+        # The hot path of a busy tracker: field names for errors are only formatted when needed.
         if not isinstance(item, dict):
             raise TrackerError(f"offers[{n}]: expected an object")
-        offers.append(Offer(str_to_id(item.get("offer_id"), f"offers[{n}].offer_id"),
-                            _sdp(item.get("offer"), "offer", f"offers[{n}].offer")))
+        offer_id = item.get("offer_id")
+        if isinstance(offer_id, str) and len(offer_id) == 20 and offer_id.isascii():
+            raw_id = offer_id.encode("ascii")
+        else:
+            raw_id = str_to_id(offer_id, f"offers[{n}].offer_id")
+        offer = item.get("offer")
+        if (type(offer) is dict and offer.get("type") == "offer" and type(sdp := offer.get("sdp")) is str
+                and len(sdp) <= MAX_SDP_LENGTH):
+            offers.append(Offer(raw_id, sdp))
+        else:
+            offers.append(Offer(raw_id, _sdp(offer, "offer", f"offers[{n}].offer")))
     left = obj.get("left")
     return Announce(
         info_hash=info_hash,
@@ -305,7 +321,16 @@ def parse_tracker_message(data: str | bytes) -> TrackerMessage:
 
 
 def encode_tracker_message(msg: TrackerMessage) -> str:
+    return json.dumps(tracker_message_object(msg))
+
+
+def tracker_message_object(msg: TrackerMessage) -> dict[str, Any]:
+    """The JSON object for a tracker message, for a caller that serialises it with its own encoder."""
     d: dict[str, Any]
+    if isinstance(msg, ForwardedOffer):  # the most frequent message, first
+        return {"action": "announce", "info_hash": msg.info_hash.decode("latin-1"),
+                "peer_id": msg.peer_id.decode("latin-1"), "offer_id": msg.offer_id.decode("latin-1"),
+                "offer": {"type": "offer", "sdp": msg.sdp}}
     if isinstance(msg, Failure):
         # Every tracker message needs ``action``: WebTorrent treats one without it as a socket error.
         d = {"action": "announce", "failure reason": msg.reason}
@@ -314,9 +339,6 @@ def encode_tracker_message(msg: TrackerMessage) -> str:
     elif isinstance(msg, ScrapeReply):
         d = {"action": "scrape", "files": {id_to_str(h): {"complete": c, "incomplete": i, "downloaded": dl}
                                            for h, c, i, dl in msg.files}}
-    elif isinstance(msg, ForwardedOffer):
-        d = {"action": "announce", "info_hash": id_to_str(msg.info_hash), "peer_id": id_to_str(msg.peer_id),
-             "offer_id": id_to_str(msg.offer_id), "offer": {"type": "offer", "sdp": msg.sdp}}
     elif isinstance(msg, RelayedAnswer):
         d = {"action": "announce", "info_hash": id_to_str(msg.info_hash), "peer_id": id_to_str(msg.peer_id),
              "offer_id": id_to_str(msg.offer_id), "answer": {"type": "answer", "sdp": msg.sdp}}
@@ -327,4 +349,4 @@ def encode_tracker_message(msg: TrackerMessage) -> str:
                            ("warning message", msg.warning)):
             if value is not None:
                 d[key] = value
-    return json.dumps(d)
+    return d

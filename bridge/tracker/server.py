@@ -30,6 +30,7 @@ import struct
 from collections.abc import Callable
 from typing import Any, cast
 
+import orjson
 from aiohttp import WSMsgType, web
 
 from ..errors import TrackerError
@@ -44,6 +45,7 @@ from ..proto.wstracker import (
     encode_tracker_message,
     id_to_str,
     parse_client_message,
+    tracker_message_object,
 )
 from .codec import (
     ConnectionIds,
@@ -581,7 +583,7 @@ class TrackerServer:
     def _on_ws_message(self, conn: _WsConn, data: str | bytes) -> None:
         self.ws_messages += 1
         try:
-            msg = parse_client_message(data)
+            msg = parse_client_message(data, orjson.loads)
         except TrackerError as exc:
             self.ws_failures += 1
             action, ih = _request_context(data)
@@ -590,7 +592,8 @@ class TrackerServer:
         now = self._loop.time()
         if isinstance(msg, Scrape):
             self.scrapes["ws"] += 1
-            conn.send(encode_tracker_message(ScrapeReply(tuple(self.state.scrape(msg.info_hashes)))))
+            conn.send_payload(orjson.dumps(tracker_message_object(
+                ScrapeReply(tuple(self.state.scrape(msg.info_hashes))))))
             return
         try:
             if isinstance(msg, Announce):
@@ -607,7 +610,7 @@ class TrackerServer:
             if isinstance(message, AnnounceReply):
                 target.send_payload(self._encoded_reply(message))
             else:
-                target.send(encode_tracker_message(message))
+                target.send_payload(orjson.dumps(tracker_message_object(message)))
 
     def _encoded_reply(self, reply: AnnounceReply) -> bytes:
         """Announce replies repeat (same swarm, same counts) far more often than they change: encode each
@@ -616,7 +619,7 @@ class TrackerServer:
         if payload is None:
             if len(self._reply_cache) >= REPLY_CACHE_SIZE:
                 self._reply_cache.clear()
-            payload = self._reply_cache[reply] = encode_tracker_message(reply).encode("utf-8")
+            payload = self._reply_cache[reply] = orjson.dumps(tracker_message_object(reply))
         return payload
 
 

@@ -382,3 +382,33 @@ def test_libtorrent_seed_aria2_and_libtorrent_over_udp_find_each_other(
         assert stats["announces"]["udp"] >= 1, stats  # the UDP-only libtorrent
         # A downloader was seen going from leeching to complete (aria2 may have stopped already).
         threaded.wait_scrape(torrent.info_hash, lambda e: e[b"downloaded"] >= 1, "a completed download", context)
+
+
+@pytest.mark.interop
+def test_aria2_finds_the_bridge_through_the_embedded_trackers_http_announce(
+    harness: peers.Harness, tmp_path: Path
+) -> None:
+    """The bridge seeds and announces over HTTP to the embedded tracker; aria2 learns of it only from that
+    tracker and downloads; SHA-256 matches and the bridge's uploaded count covers the file."""
+    source = tmp_path / "data" / "payload.bin"
+    source.parent.mkdir(parents=True)
+    source.write_bytes(bytes(range(256)) * 4096 * 2 + b"odd" * 777)
+    digest = peers.sha256_file(source)
+    threaded = ThreadedTracker(interval=2)
+    with threaded as tracker:
+        torrent = harness.torrent(source, announce=[tracker.http_announce_url], piece_length=64 * 1024)
+        seed = harness.bridge_seed(torrent, source.parent)
+        seed.wait_listening()
+        threaded.wait_scrape(torrent.info_hash, lambda e: e[b"complete"] >= 1, "the bridge seed", seed.log_excerpt)
+
+        def context() -> str:
+            return f"tracker stats: {threaded.stats()}\n{harness.describe()}"
+
+        aria = harness.aria2(torrent, tmp_path / "aria2-out")
+        rc = aria.wait_done(timeout=60, context=context)
+        assert rc == 0, context()
+        assert peers.sha256_file(tmp_path / "aria2-out" / "payload.bin") == digest
+        assert seed.stop_cleanly() == 0, context()
+        uploaded, _ = seed.stats()
+        assert uploaded >= source.stat().st_size, context()
+        assert threaded.stats()["announces"]["http"] >= 2, context()  # the bridge and aria2

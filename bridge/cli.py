@@ -28,6 +28,7 @@ from .proto.metainfo import (
     parse_magnet,
     parse_torrent,
 )
+from .tracker.state import DEFAULT_INTERVAL as DEFAULT_TRACKER_INTERVAL
 
 log = logging.getLogger("bridge")
 
@@ -315,6 +316,8 @@ def cmd_tracker(args: argparse.Namespace) -> int:
     from .tracker import run_tracker
 
     check_port(args.port)
+    if not 10 <= args.interval <= 3600:
+        raise UsageError(f"--interval must be between 10 and 3600 seconds, not {args.interval}")
 
     async def run() -> int:
         stop = asyncio.Event()
@@ -326,7 +329,7 @@ def cmd_tracker(args: argparse.Namespace) -> int:
                   f"UDP announce: {server.udp_announce_url}", flush=True)
 
         try:
-            await run_tracker(args.host, args.port, stop, ready=ready)
+            await run_tracker(args.host, args.port, stop, interval=args.interval, ready=ready)
         except OSError as e:
             raise UsageError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
         return 0
@@ -407,6 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tracker", help="run the embedded tracker: WebSocket (browsers), HTTP and UDP on one port")
     p.add_argument("--host", default="0.0.0.0", help="listen address (default 0.0.0.0)")
     p.add_argument("--port", type=int, default=8000, help="port for HTTP and WebSocket, and UDP (default 8000)")
+    p.add_argument("--interval", type=int, default=DEFAULT_TRACKER_INTERVAL, metavar="SECONDS",
+                   help=f"announce interval given to clients, 10..3600 (default {DEFAULT_TRACKER_INTERVAL})")
     p.set_defaults(func=cmd_tracker)
 
     p = sub.add_parser("demo", help="seed and download a sample on this machine (no tracker needed)")

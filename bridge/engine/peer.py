@@ -423,6 +423,8 @@ class Peer:
             self.requests_in.append((index, begin, length))
             self._wake.set()
             return
+        if index not in t.picker.have and 0 <= index < t.info.num_pieces:
+            t.on_demand(self, index)
         if len(self.requests_in) >= MAX_QUEUED_REQUESTS:
             self.refused_requests += 1
             if self.refused_requests > REQUEST_FLOOD_LIMIT:
@@ -466,7 +468,8 @@ class Peer:
         # Top up in batches so one read does not produce a trickle of single requests.
         if need < max(1, depth // 8):
             return
-        blocks = self.torrent.picker.pick(self.bits, need, self.outstanding)
+        t = self.torrent
+        blocks = t.picker.pick(self.bits, need, self.outstanding, self.down.rate >= t.fast_threshold)
         if not blocks:
             if not self.outstanding and not self.torrent.picker.is_interesting(self.bits):
                 self.set_interested(False)

@@ -30,6 +30,7 @@ from .webrtc import WebRtcSide
 if TYPE_CHECKING:
     from .announcer import Announcer
     from .metadata import OpenConnection
+    from .reader import TorrentReader
     from .session import Session
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,20 @@ RETRY_BASE = 15.0
 RETRY_MAX = 300.0
 #: Seconds between two PEX messages to one peer (BEP 11: at most one a minute).
 PEX_INTERVAL = 60.0
+#: A peer is "fast" (may re-request stalled blocks of the most urgent streaming pieces) when its download
+#: rate is at least this fraction of the best peer's.
+FAST_FRACTION = 0.5
+#: Pieces that peers asked us for (or that a browser peer streaming in order will ask for next) while we
+#: lack them: at most this many are made urgent at once, each for PEER_DEMAND_TTL seconds. Bounded so a
+#: peer cannot steer the whole download.
+MAX_PEER_DEMAND = 32
+PEER_DEMAND_TTL = 30.0
+#: Deadline offset of a peer's demand: after every local reader's window (readers are waiting right now).
+PEER_DEMAND_DELAY = 60.0
+#: Pieces of a browser peer's next missing ones (its download front) that are made urgent for us.
+BROWSER_FRONT_PIECES = 2
+#: How far past a browser's first missing piece its front is looked for.
+BROWSER_FRONT_SCAN = 64
 
 Address = tuple[str, int]
 
@@ -94,6 +109,16 @@ class Torrent:
         self._announcer: Announcer | None = None
         self._webrtc: WebRtcSide | None = None
         self._stopping = False
+        #: streaming readers (engine/reader.py) and the deadlines they ask for
+        self._readers: set[TorrentReader] = set()
+        #: piece -> (deadline, expiry) for pieces peers want from us that we lack
+        self._peer_demand: dict[int, tuple[float, float]] = {}
+        #: per browser peer: the index below which it has every piece (its download front)
+        self._fronts: dict[Peer, int] = {}
+        #: futures of readers waiting for a piece, resolved when it is verified (or the torrent stops)
+        self._piece_waiters: dict[int, asyncio.Future[None]] = {}
+        #: download rate a peer needs to count as fast (FAST_FRACTION of the best peer's), per tick
+        self.fast_threshold = 0.0
         if self.picker.complete:
             self.completed.set()
         self.on_complete: Callable[[], None] | None = None
@@ -209,6 +234,7 @@ class Torrent:
             task.cancel()
         for peer in list(self.peers):
             peer.close("shutting down")
+        self._wake_waiters()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.storage.close()
 
@@ -220,6 +246,96 @@ class Torrent:
             self.failed.set()
             for peer in list(self.peers):
                 peer.close(message)
+            self._wake_waiters()
+
+    # ------------------------------------------------------------------------------- streaming
+    def add_reader(self, reader: TorrentReader) -> None:
+        self._readers.add(reader)
+
+    def remove_reader(self, reader: TorrentReader) -> None:
+        self._readers.discard(reader)
+        self.update_deadlines()
+
+    def set_sequential(self, on: bool) -> None:
+        """Download pieces in order (after any reader's deadlines) instead of rarest-first."""
+        self.picker.set_sequential(on)
+
+    def update_deadlines(self) -> None:
+        """Merge the readers' and peers' deadlines into the picker, then let peers request accordingly."""
+        merged = {i: d for i, (d, _) in self._peer_demand.items()}
+        for reader in self._readers:
+            for i, d in reader.deadlines.items():
+                if d < merged.get(i, d + 1):
+                    merged[i] = d
+        if merged == self.picker.deadlines:
+            return
+        self.picker.set_deadlines(merged)
+        if self._stopping or self.error is not None:
+            return
+        for p in self.peers:
+            if not p.am_interested and self.picker.is_interesting(p.bits):
+                p.set_interested(True)
+            p.fill_requests()
+
+    def on_demand(self, peer: Peer, index: int) -> None:
+        """``peer`` wants piece ``index``, which we lack: fetch it soon (the relay is driven by demand)."""
+        if index in self.picker.have or not 0 <= index < self.info.num_pieces or index in self._peer_demand:
+            return
+        if len(self._peer_demand) >= MAX_PEER_DEMAND:
+            return
+        now = time.monotonic()
+        self._peer_demand[index] = (now + PEER_DEMAND_DELAY, now + PEER_DEMAND_TTL)
+        self.update_deadlines()
+
+    def _refresh_demand(self, now: float) -> None:
+        """Expire old peer demands, and add the download fronts of browser peers that are interested in
+        us: WebTorrent fetches in order by default, so the first pieces it lacks are what it asks for next."""
+        demand = self._peer_demand
+        for i in [i for i, (_, expiry) in demand.items() if expiry < now or i in self.picker.have]:
+            del demand[i]
+        if not self.is_complete:
+            have = self.picker.have
+            n = self.info.num_pieces
+            for p in self.peers:
+                if p.kind != "webrtc" or not p.peer_interested or p.bits.complete:
+                    continue
+                front = self._fronts.get(p, 0)
+                while front < n and front in p.bits:
+                    front += 1
+                self._fronts[p] = front
+                found = 0
+                for i in range(front, min(n, front + BROWSER_FRONT_SCAN)):
+                    if len(demand) >= MAX_PEER_DEMAND or found >= BROWSER_FRONT_PIECES:
+                        break
+                    if i in p.bits:
+                        continue
+                    found += 1
+                    if i not in have and i not in demand:
+                        demand[i] = (now + PEER_DEMAND_DELAY, now + PEER_DEMAND_TTL)
+        self.update_deadlines()
+
+    async def wait_piece(self, index: int, timeout: float) -> None:
+        """Return once piece ``index`` is verified. Raises ReadTimeout after ``timeout`` seconds, and
+        ReaderClosed if the torrent stops or fails first."""
+        from .reader import ReaderClosed, ReadTimeout
+
+        while index not in self.picker.have:
+            if self._stopping or self.error is not None:
+                raise ReaderClosed(self.error or "the torrent stopped")
+            fut = self._piece_waiters.get(index)
+            if fut is None or fut.done():
+                fut = self._piece_waiters[index] = asyncio.get_running_loop().create_future()
+            try:
+                async with asyncio.timeout(timeout):
+                    await asyncio.shield(fut)
+            except TimeoutError:
+                raise ReadTimeout(f"piece {index} was not downloaded within {timeout:g} s") from None
+
+    def _wake_waiters(self) -> None:
+        waiters, self._piece_waiters = self._piece_waiters, {}
+        for fut in waiters.values():
+            if not fut.done():
+                fut.set_result(None)
 
     # ------------------------------------------------------------------------------- addresses
     def add_peers(self, addresses: Iterable[Address], sticky: bool = False, source: str = "") -> None:
@@ -327,6 +443,7 @@ class Torrent:
         if peer not in self.peers:
             return
         self.peers.discard(peer)
+        self._fronts.pop(peer, None)
         peer.detach()
         log.info("%s disconnected", peer.tag)
         addr = peer.address
@@ -380,6 +497,9 @@ class Torrent:
                 p.forget_piece(index)
         if ok:
             self.picker.piece_verified(index)
+            waiter = self._piece_waiters.pop(index, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
             have = ev.Have(index)
             for p in self.peers:
                 p.send(have)
@@ -460,6 +580,9 @@ class Torrent:
                     log.debug("%s down %.0f up %.0f B/s, %d requested, %d queued for it, choked %s/%s",
                               p.tag, p.down.rate, p.up.rate, len(p.outstanding), len(p.requests_in),
                               p.peer_choking, p.am_choking)
+            self.fast_threshold = FAST_FRACTION * max((p.down.rate for p in self.peers), default=0.0)
+            if self._peer_demand or self._readers or not self.is_complete:
+                self._refresh_demand(now)
             self._send_pex(now)
             if now - last_rechoke >= RECHOKE_INTERVAL:
                 last_rechoke = now

@@ -1,4 +1,5 @@
-"""Which blocks to request next: rarest-first with a random first few pieces, partial pieces first, endgame.
+"""Which blocks to request next: pieces with deadlines (streaming) first, then rarest-first with a random
+first few pieces, partial pieces first, endgame.
 
 Pure policy: the same calls with the same random source give the same picks. The picker knows blocks and
 pieces, never peers' sockets; the engine tells it what each peer has and what each peer has outstanding.
@@ -17,6 +18,9 @@ from .bitfield import Bitfield
 RANDOM_FIRST_PIECES = 4
 #: In endgame, a block may be outstanding at this many peers at once.
 ENDGAME_MAX_DUPLICATES = 2
+#: The most urgent pieces (by deadline) whose stalled blocks a fast peer may request again, although
+#: another peer has them outstanding: a slow peer must not hold up playback. Two pieces bound the waste.
+URGENT_DUPLICATE_PIECES = 2
 
 Block = tuple[int, int, int]
 
@@ -67,8 +71,15 @@ class PiecePicker:
         self.partial: dict[int, _Partial] = {}
         self._order: list[int] = []
         self._dirty = True
-        #: set once endgame requests have been handed out (duplicates then need cancels)
+        #: set once duplicate requests have been handed out (endgame or urgent pieces): they need cancels
         self.endgame_active = False
+        #: piece -> deadline (any comparable float, smaller is sooner). These pieces are requested before
+        #: everything else, in deadline order, even if their priority is 0 (a reader wants them).
+        self.deadlines: dict[int, float] = {}
+        self._urgent: list[int] = []
+        self._urgent_dirty = False
+        #: download pieces in index order instead of rarest-first (for streaming a whole torrent)
+        self.sequential = False
 
     # ------------------------------------------------------------------------------- geometry
     def piece_size(self, index: int) -> int:
@@ -105,7 +116,7 @@ class PiecePicker:
 
     # ---------------------------------------------------------------------------------- wanting
     def wanted(self, index: int) -> bool:
-        return index not in self.have and self.priority[index] > 0
+        return index not in self.have and (self.priority[index] > 0 or index in self.deadlines)
 
     def is_interesting(self, bits: Bitfield) -> bool:
         """True when the peer has a piece we still want."""
@@ -122,20 +133,50 @@ class PiecePicker:
         self.priority[index] = max(0, min(255, priority))
         self._dirty = True
 
+    def set_deadlines(self, deadlines: dict[int, float]) -> None:
+        """Replace every deadline (the engine merges its readers' and peers' demands)."""
+        self.deadlines = {i: d for i, d in deadlines.items() if 0 <= i < self.num_pieces and i not in self.have}
+        self._urgent_dirty = True
+        self._dirty = True
+
+    def set_sequential(self, on: bool) -> None:
+        self.sequential = on
+        self._dirty = True
+
+    def urgent(self) -> list[int]:
+        """Pieces with a deadline that are not verified yet, soonest first."""
+        if self._urgent_dirty:
+            d = self.deadlines
+            self._urgent = sorted(d, key=d.__getitem__)
+            self._urgent_dirty = False
+        urgent = self._urgent
+        while urgent and urgent[0] in self.have:
+            self.deadlines.pop(urgent.pop(0), None)
+        return urgent
+
     def _rebuild(self) -> None:
         avail, rank, prio, have = self.availability, self._rank, self.priority, self.have
         order = [i for i in range(self.num_pieces) if prio[i] and i not in have and i not in self.partial]
-        order.sort(key=lambda i: (-prio[i], avail[i], rank[i]))
+        if self.sequential:
+            order.sort(key=lambda i: (-prio[i], i))
+        else:
+            order.sort(key=lambda i: (-prio[i], avail[i], rank[i]))
         self._order = order
         self._dirty = False
 
     # ------------------------------------------------------------------------------------ picking
-    def pick(self, peer_bits: Bitfield, count: int, outstanding: Container[tuple[int, int]]) -> list[Block]:
+    def pick(self, peer_bits: Bitfield, count: int, outstanding: Container[tuple[int, int]],
+             fast: bool = True) -> list[Block]:
         """Up to ``count`` blocks to request from a peer having ``peer_bits`` that already has
-        ``outstanding`` (index, begin) requests with us."""
+        ``outstanding`` (index, begin) requests with us. ``fast`` says the peer is among the quickest
+        (the engine decides): only fast peers re-request stalled blocks of the most urgent pieces."""
         out: list[Block] = []
         if count <= 0:
             return out
+        if self.deadlines:
+            self._pick_urgent(peer_bits, count, outstanding, fast, out)
+            if len(out) >= count:
+                return out
         for index, p in self.partial.items():
             if p.n_unrequested and index in peer_bits:
                 self._take(index, p, count - len(out), out)
@@ -152,6 +193,38 @@ class PiecePicker:
             self.endgame_active = True
             self._endgame(peer_bits, count, outstanding, out)
         return out
+
+    def _pick_urgent(self, peer_bits: Bitfield, count: int, outstanding: Container[tuple[int, int]],
+                     fast: bool, out: list[Block]) -> None:
+        for n, index in enumerate(self.urgent()):
+            if index in self.have or index not in peer_bits:
+                continue
+            p = self.partial.get(index)
+            if p is None:
+                p = self.partial[index] = _Partial(self.blocks_in(index))
+            self._take(index, p, count - len(out), out)
+            if len(out) >= count:
+                return
+            if fast and n < URGENT_DUPLICATE_PIECES and p.n_received < p.nblocks:
+                self._duplicate(index, p, count, outstanding, out)
+                if len(out) >= count:
+                    return
+
+    def _duplicate(self, index: int, p: _Partial, count: int, outstanding: Container[tuple[int, int]],
+                   out: list[Block]) -> None:
+        """Request blocks of ``index`` that are outstanding elsewhere but not with this peer."""
+        taken = {(i, b) for i, b, _ in out}
+        for b in range(p.nblocks):
+            if p.received[b] or not p.requested[b] or p.requested[b] >= ENDGAME_MAX_DUPLICATES:
+                continue
+            begin = b * BLOCK_SIZE
+            if (index, begin) in outstanding or (index, begin) in taken:
+                continue
+            p.requested[b] += 1
+            self.endgame_active = True
+            out.append((index, begin, self.block_length(index, begin)))
+            if len(out) >= count:
+                return
 
     def _take(self, index: int, p: _Partial, want: int, out: list[Block]) -> None:
         while want > 0 and p.released:
@@ -179,7 +252,7 @@ class PiecePicker:
         # Drop entries at the front that became partial or verified since the last rebuild.
         while order and (order[0] in self.partial or order[0] in self.have):
             order.pop(0)
-        if len(self.have) < RANDOM_FIRST_PIECES:
+        if len(self.have) < RANDOM_FIRST_PIECES and not self.sequential:
             # Random among the highest priority this peer can give us (order is sorted by priority first).
             candidates = [i for i in order if i in peer_bits and i not in self.partial and i not in self.have]
             if not candidates:
@@ -256,6 +329,8 @@ class PiecePicker:
     def piece_verified(self, index: int) -> None:
         self.partial.pop(index, None)
         self.have.add(index)
+        if self.deadlines.pop(index, None) is not None:
+            self._urgent_dirty = True
 
     def piece_failed(self, index: int) -> None:
         """The hash did not match: forget every block of the piece and want it again."""

@@ -485,3 +485,97 @@ def test_simulated_download(seed: int, num: int, bpp: int, npeers: int, skip: bo
         raise AssertionError("simulated download did not finish")
     assert {i for i in range(num) if i in picker.have} >= wanted
     assert picker.partial == {} or all(i not in wanted for i in picker.partial)
+
+
+# --------------------------------------------------------------------------------- streaming deadlines
+
+
+def test_deadlines_come_first_in_deadline_order_whatever_the_rarity() -> None:
+    p = make(10, blocks_per_piece=1, have=[0, 1, 2, 3])
+    for i in range(4, 10):
+        p.peer_has(i)
+    p.peer_has(9)  # 9 is the least rare; 4..8 are rarer
+    p.set_deadlines({9: 1.0, 7: 2.0})
+    picked = [b[0] for b in p.pick(full(10), 3, NOTHING)]
+    assert picked[:2] == [9, 7] and picked[2] in (4, 5, 6, 8)
+
+
+def test_a_deadline_overrides_priority_zero_and_makes_the_piece_wanted() -> None:
+    p = make(4, blocks_per_piece=1, have=[0, 1, 2, 3][:0])
+    for i in range(4):
+        p.set_priority(i, 0)
+    assert p.complete and not p.is_interesting(full(4))
+    p.set_deadlines({2: 5.0})
+    assert not p.complete and p.is_interesting(bits_of(4, [2])) and not p.is_interesting(bits_of(4, [1]))
+    assert p.pick(full(4), 5, NOTHING) == [(2, 0, BLOCK_SIZE)]
+
+
+def test_deadline_pieces_the_peer_lacks_are_skipped() -> None:
+    p = make(6, blocks_per_piece=1, have=[0, 1, 2, 3])
+    p.set_deadlines({4: 1.0, 5: 2.0})
+    assert p.pick(bits_of(6, [5]), 4, NOTHING) == [(5, 0, BLOCK_SIZE)]
+
+
+def test_a_verified_piece_loses_its_deadline() -> None:
+    p = make(6, blocks_per_piece=1, have=[0, 1, 2, 3])
+    p.set_deadlines({4: 1.0, 5: 2.0})
+    p.pick(bits_of(6, [4]), 1, NOTHING)
+    assert p.received(4, 0)
+    p.piece_verified(4)
+    assert 4 not in p.deadlines and p.urgent() == [5]
+    p.set_deadlines({4: 0.5, 5: 2.0})  # a deadline for a piece we have is ignored
+    assert p.urgent() == [5]
+
+
+def test_only_fast_peers_duplicate_stalled_blocks_of_the_most_urgent_pieces() -> None:
+    p = make(20, blocks_per_piece=2, have=[0, 1, 2, 3])
+    p.set_deadlines({4: 1.0, 5: 2.0, 6: 3.0})
+    slow = p.pick(full(20), 6, NOTHING)  # a slow peer takes every block of 4, 5 and 6
+    assert [(i, b) for i, b, _ in slow] == [(4, 0), (4, BLOCK_SIZE), (5, 0), (5, BLOCK_SIZE), (6, 0),
+                                            (6, BLOCK_SIZE)]
+    # Another slow peer gets new pieces, never the stalled urgent blocks.
+    other = p.pick(full(20), 4, NOTHING, fast=False)
+    assert all(i not in (4, 5, 6) for i, _, _ in other) and len(other) == 4
+    assert not p.endgame_active
+    dup = p.pick(full(20), 4, NOTHING, fast=True)
+    # A fast peer requests pieces 4 and 5 (the two most urgent) again; 6 is left to its peer.
+    assert [(i, b) for i, b, _ in dup] == [(4, 0), (4, BLOCK_SIZE), (5, 0), (5, BLOCK_SIZE)]
+    assert p.endgame_active
+    # Capped at ENDGAME_MAX_DUPLICATES outstanding copies.
+    assert ENDGAME_MAX_DUPLICATES == 2
+    assert all(i not in (4, 5) for i, _, _ in p.pick(full(20), 4, NOTHING, fast=True))
+    p2 = make(6, blocks_per_piece=1, have=[0, 1, 2, 3])
+    p2.set_deadlines({4: 1.0})
+    first = p2.pick(full(6), 1, NOTHING)
+    assert p2.pick(full(6), 1, {(4, 0)}, fast=True) == [(5, 0, BLOCK_SIZE)]
+    assert first == [(4, 0, BLOCK_SIZE)]
+
+
+def test_sequential_mode_downloads_in_index_order() -> None:
+    p = make(12, blocks_per_piece=1)
+    for i in range(12):
+        for _ in range(12 - i):
+            p.peer_has(i)  # higher index is rarer: rarest-first would go backwards
+    p.set_sequential(True)
+    assert [b[0] for b in p.pick(full(12), 12, NOTHING)] == list(range(12))
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**16), num=st.integers(1, 40), moves=st.integers(1, 8))
+def test_simulated_stream_gets_each_focus_piece_before_others(seed: int, num: int, moves: int) -> None:
+    """A reader jumps around (seeks); each time, the next pick is the piece at its position."""
+    rng = random.Random(seed)
+    p = make(num, blocks_per_piece=1, seed=seed)
+    for i in range(num):
+        p.peer_has(i)
+    for _ in range(moves):
+        missing = [i for i in range(num) if i not in p.have]
+        if not missing:
+            break
+        pos = rng.choice(missing)
+        window = [i for i in range(pos, min(num, pos + 4)) if i not in p.have]
+        p.set_deadlines({i: float(k) for k, i in enumerate(window)})
+        picked = p.pick(full(num), 1, NOTHING)
+        assert picked and picked[0][0] == pos
+        assert p.received(pos, 0)
+        p.piece_verified(pos)

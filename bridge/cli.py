@@ -187,7 +187,9 @@ async def _run_transfer(args: argparse.Namespace, source: Metainfo | Magnet, dat
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
     print(f"listening on {session.listen_host}:{session.listen_port}", file=sys.stderr, flush=True)
     torrent = None
+    http_server = None
     code = 0
+    web_seeds = list(getattr(args, "web_seed", None) or [])
     try:
         checking = Progress("checking")
 
@@ -208,6 +210,7 @@ async def _run_transfer(args: argparse.Namespace, source: Metainfo | Magnet, dat
             fetch = asyncio.ensure_future(session.add_magnet(
                 source.info_hash, data_dir, name=source.name, trackers=trackers,
                 peers=[*peers, *source.peers], seed=seed, progress=report, on_metadata=got_metadata,
+                web_seeds=[*source.webseeds, *web_seeds],
             ))
             stop_wait = asyncio.ensure_future(stop.wait())
             try:
@@ -227,9 +230,14 @@ async def _run_transfer(args: argparse.Namespace, source: Metainfo | Magnet, dat
             trackers = [list(t) for t in meta.trackers] + [[u] for u in extra_trackers]
             torrent = await session.add_torrent(
                 meta.info, data_dir, trackers=trackers, peers=peers, seed=seed, progress=report,
+                web_seeds=[*meta.url_list, *web_seeds],
             )
         checking.done()
         info = meta.info
+        if getattr(args, "sequential", False):
+            torrent.set_sequential(True)
+        if getattr(args, "http_port", None) is not None:
+            http_server = await _serve_http(args, session, torrent)
         if not download:
             have = len(torrent.picker.have)
             if have == 0:
@@ -269,12 +277,30 @@ async def _run_transfer(args: argparse.Namespace, source: Metainfo | Magnet, dat
         return code
     finally:
         up, down = (torrent.uploaded, torrent.downloaded) if torrent else (0, 0)
+        if http_server is not None:
+            await http_server.close()
         try:
             async with asyncio.timeout(10):
                 await session.aclose()
         except TimeoutError:
             log.warning("shutdown took too long")
         print_stats(up, down)
+
+
+async def _serve_http(args: argparse.Namespace, session: Any, torrent: Any) -> Any:
+    """``--http-port``: stream the torrent's files over HTTP while they download (and be a web seed)."""
+    from .server import file_url_path, start_http_server
+
+    try:
+        server = await start_http_server(session, args.http_host, args.http_port)
+    except OSError as e:
+        raise UsageError(f"cannot serve HTTP on {args.http_host}:{args.http_port}: {e.strerror or e}") from None
+    print(f"streaming on {server.url} (web seed: {server.url}/torrents/{torrent.info_hash.hex()}/files/)",
+          file=sys.stderr, flush=True)
+    for entry in torrent.info.files[:20]:
+        if not entry.padding:
+            print(f"  {server.url}{file_url_path(torrent, entry)}", file=sys.stderr)
+    return server
 
 
 def cmd_download(args: argparse.Namespace) -> int:
@@ -338,18 +364,25 @@ def cmd_tracker(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .demo import DemoError, DemoOptions, run_demo
 
-    if args.path is not None and not os.path.exists(args.path):
-        raise UsageError(f"{args.path}: no such file or folder")
+    for port in (args.http_port, args.tracker_port, args.port):
+        check_port(port)
+    options = DemoOptions(
+        host=args.host, http_port=args.http_port, tracker_port=args.tracker_port, port=args.port,
+        workdir=args.workdir, web_seed=not args.no_web_seed, open_browser=args.open,
+        webrtc_hosts=tuple(args.webrtc_host or ()), ice_servers=tuple(args.ice_server or ()),
+    )
 
     async def run() -> int:
         stop = asyncio.Event()
         _stop_on_signals(stop)
         try:
-            return await run_demo(args.path, args.workdir, stop, keep_seeding=not args.exit)
-        except MetainfoError as e:
+            return await run_demo(args.source, options, stop)
+        except (DemoError, MetainfoError) as e:
             raise UsageError(str(e)) from None
+        except OSError as e:
+            raise UsageError(f"cannot start the demo: {e.strerror or e}") from None
 
     return run_async(run)
 
@@ -367,6 +400,10 @@ def _add_net_options(p: argparse.ArgumentParser) -> None:
                    help="STUN/TURN server for WebRTC, e.g. stun:stun.example.org:3478 or turn:user:pass@host:3478")
     p.add_argument("--webrtc-host", action="append", metavar="ADDR",
                    help="local address WebRTC gathers candidates on (default: all but loopback)")
+    p.add_argument("--web-seed", action="append", metavar="URL", help="extra BEP 19 web seed URL (repeatable)")
+    p.add_argument("--http-port", type=int, metavar="N",
+                   help="serve the torrent's files over HTTP on this port while they download (0: any)")
+    p.add_argument("--http-host", default="127.0.0.1", help="address for --http-port (default 127.0.0.1)")
     p.add_argument("--encryption", choices=["allow", "prefer", "require", "off"], default="allow",
                    help="MSE/PE: allow (default: plaintext first, encrypted when the peer wants it), prefer, "
                         "require, or off")
@@ -399,6 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", action="store_true", help="keep seeding after the download completes")
     p.add_argument("--save-torrent", action="store_true",
                    help="for a magnet: save the fetched metadata as DIR/<name>.torrent")
+    p.add_argument("--sequential", action="store_true", help="download pieces in order (for playing as it arrives)")
     _add_net_options(p)
     p.set_defaults(func=cmd_download)
 
@@ -414,10 +452,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"announce interval given to clients, 10..3600 (default {DEFAULT_TRACKER_INTERVAL})")
     p.set_defaults(func=cmd_tracker)
 
-    p = sub.add_parser("demo", help="seed and download a sample on this machine (no tracker needed)")
-    p.add_argument("path", nargs="?", help="file or folder to use instead of a generated sample")
+    p = sub.add_parser("demo", help="play a video in the browser through the bridge, all on this machine",
+                       description="Seed a sample video (or SOURCE), start the embedded tracker and the HTTP "
+                                   "server, and print the URL of a page that plays it through WebTorrent.")
+    p.add_argument("source", nargs="?", metavar="SOURCE",
+                   help="a file or folder to seed, a .torrent or a magnet to download and stream "
+                        "(default: a generated sample video)")
+    p.add_argument("--host", default="127.0.0.1", help="address for the page, tracker and peers (default 127.0.0.1)")
+    p.add_argument("--http-port", type=int, default=0, help="port of the page and streams (default: any free port)")
+    p.add_argument("--tracker-port", type=int, default=0, help="port of the embedded tracker (default: any)")
+    p.add_argument("--port", type=int, default=0, help="peer port (default: any)")
     p.add_argument("--workdir", metavar="DIR", help="where to put the demo's files (default: a new temp folder)")
-    p.add_argument("--exit", action="store_true", help="exit after the download instead of seeding on")
+    p.add_argument("--no-web-seed", action="store_true",
+                   help="leave the bridge's HTTP web seed out of the page's magnet (WebRTC only)")
+    p.add_argument("--open", action="store_true", help="open the page in the default browser")
+    p.add_argument("--webrtc-host", action="append", metavar="ADDR",
+                   help="local address WebRTC gathers candidates on (default: all but loopback)")
+    p.add_argument("--ice-server", action="append", metavar="URL", help="STUN/TURN server for WebRTC")
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -74,13 +74,15 @@ class Session:
         announcer: Announcer | None = None,
         connections: Iterable[OpenConnection] = (),
         webrtc: WebRtcSide | None = None,
+        web_seeds: Iterable[str] = (),
     ) -> Torrent:
         """Check existing data, then start the torrent."""
         if info.info_hash in self.torrents:
             raise ValueError("torrent already added")
         storage = FileStorage(info, download_dir, self.executor)
         have = await storage.recheck(progress)
-        torrent = Torrent(self, info, storage, have, config=self.config.peer, trackers=trackers, seed=seed)
+        torrent = Torrent(self, info, storage, have, config=self.config.peer, trackers=trackers, seed=seed,
+                          web_seeds=web_seeds)
         self.torrents[info.info_hash] = torrent
         torrent.add_peers(peers, sticky=True)
         await torrent.start(announcer, connections, webrtc)
@@ -97,6 +99,7 @@ class Session:
         seed: bool = False,
         progress: ProgressFn | None = None,
         on_metadata: Callable[[InfoDict], None] | None = None,
+        web_seeds: Iterable[str] = (),
     ) -> Torrent:
         """Fetch the metadata from peers (BEP 9), then start the torrent on the same connections."""
         if info_hash in self.torrents:
@@ -139,7 +142,7 @@ class Session:
             on_metadata(info)
         torrent = await self.add_torrent(
             info, download_dir, trackers=tiers, peers=peers, seed=seed, progress=progress,
-            announcer=announcer, connections=connections, webrtc=side,
+            announcer=announcer, connections=connections, webrtc=side, web_seeds=web_seeds,
         )
         target.append(torrent)
         if announce_task is not None:

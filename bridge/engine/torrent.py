@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from .metadata import OpenConnection
     from .reader import TorrentReader
     from .session import Session
+    from .webseed import WebSeed
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ class Torrent:
         config: PeerConfig,
         trackers: Iterable[Iterable[str]] = (),
         seed: bool = False,
+        web_seeds: Iterable[str] = (),
     ) -> None:
         self.session = session
         self.info = info
@@ -85,6 +87,9 @@ class Torrent:
         self.choker = Choker(self.rng, config.upload_slots)
         self.peers: set[Peer] = set()
         self.trackers = [list(t) for t in trackers]
+        #: BEP 19 web seed URLs (url-list, or ws= of a magnet), and their clients once started
+        self.web_seed_urls = list(web_seeds)
+        self.web_seeds: list[WebSeed] = []
         self._known: dict[Address, float] = {}  # address -> earliest next dial time
         self._failures: Counter[Address] = Counter()
         self._sticky: set[Address] = set()  # --peer addresses: always retried
@@ -172,6 +177,10 @@ class Torrent:
                 f"peer {conn.address}",
             )
         self._join_webtorrent(webrtc)
+        if self.web_seed_urls and not self.is_complete and self.session.http is not None:
+            from .webseed import start_web_seeds
+
+            self.web_seeds = start_web_seeds(self, self.web_seed_urls, self.session.http)
         if announcer is not None:
             self._announcer = announcer
         elif self.trackers and self.session.config.trackers_enabled:
@@ -456,7 +465,7 @@ class Torrent:
         self._wake.set()
 
     # ----------------------------------------------------------------------------------- events
-    def on_block(self, peer: Peer, index: int, begin: int, data: bytes | memoryview) -> None:
+    def on_block(self, peer: Peer | WebSeed, index: int, begin: int, data: bytes | memoryview) -> None:
         if index in self._verifying:
             return
         blocks = self._blocks.get(index)

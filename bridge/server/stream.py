@@ -110,7 +110,11 @@ class _Streamer:
         if self.opts.cors_origin:
             self._cors(headers)
             headers["Access-Control-Allow-Methods"] = "GET, HEAD, OPTIONS"
-            headers["Access-Control-Allow-Headers"] = "Range, If-Range, If-None-Match"
+            # Reflect what the page asks to send (WebTorrent's web seed sends Cache-Control with its Range):
+            # these are public files, and a preflight that refuses one header fails the whole fetch.
+            asked = request.headers.get("Access-Control-Request-Headers", "")
+            ok = len(asked) <= 512 and all(c.isalnum() or c in "-_, " for c in asked)
+            headers["Access-Control-Allow-Headers"] = asked if asked and ok else "Range, If-Range, If-None-Match"
             headers["Access-Control-Max-Age"] = "600"
         return web.Response(status=204, headers=headers)
 

@@ -73,6 +73,10 @@ async def test_whole_file_ranges_head_etag_and_cors(tmp_path, http) -> None:
         async with http.options(url, headers={"Origin": "http://elsewhere.example",
                                               "Access-Control-Request-Method": "GET"}) as r:
             assert r.status == 204 and "Range" in r.headers["Access-Control-Allow-Headers"]
+        async with http.options(url, headers={"Origin": "http://elsewhere.example",
+                                              "Access-Control-Request-Method": "GET",
+                                              "Access-Control-Request-Headers": "cache-control, range"}) as r:
+            assert r.headers["Access-Control-Allow-Headers"] == "cache-control, range"  # WebTorrent's web seed
         async with http.get(server.url + "/torrents/" + "00" * 20 + "/files/t/movie.mp4") as r:
             assert r.status == 404
         async with http.get(server.url + f"/torrents/{torrent.info_hash.hex()}/files/t/nope.mp4") as r:

@@ -94,6 +94,11 @@ OUTBOX_HIGH_WATER = 64 * 1024
 WRITE_HIGH_WATER = 64 * 1024
 #: ... until it is down to this.
 WRITE_LOW_WATER = 16 * 1024
+#: Seconds a connection's outbox collects messages before one write sends them all. Under load each
+#: connection gets offers from many announces; writing them together halves the tracker's syscalls (on
+#: loopback a write also pays for the receiver's TCP work). Signalling waits this long at most: nothing
+#: next to WebRTC set-up, which takes hundreds of milliseconds.
+WS_FLUSH_DELAY = 0.002
 #: Seconds between checks of a stalled transport (only for connections over WRITE_HIGH_WATER).
 DRAIN_POLL = 0.01
 #: Seconds between WebSocket pings; a connection that does not answer within half of it is closed. Dead
@@ -178,7 +183,7 @@ _FRAME64 = struct.Struct("!BBQ")
 class _WsConn:
     """One WebSocket connection's outbox. Also the registry's socket key (by identity).
 
-    Messages are framed here and written to the transport in one write per event-loop pass: an announce
+    Messages are framed here and written to the transport in one write per WS_FLUSH_DELAY: an announce
     sends a reply plus up to ten offers to other connections, and under load each connection gets several
     messages per pass. aiohttp's ``send_str`` makes one transport write (one syscall) per message, which
     was most of the tracker's CPU time. aiohttp still writes its own control frames (pong, ping, close);
@@ -229,7 +234,7 @@ class _WsConn:
         self.queued += n
         if not self.scheduled and self.waiting is None:
             self.scheduled = True
-            self.loop.call_soon(self.flush)
+            self.loop.call_later(WS_FLUSH_DELAY, self.flush)
         return True
 
     def flush(self) -> None:

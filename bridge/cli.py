@@ -106,9 +106,13 @@ def check_port(port: int) -> int:
 
 
 def session_config(args: argparse.Namespace) -> SessionConfig:
+    if args.no_utp and args.no_tcp:
+        raise UsageError("--no-utp and --no-tcp together leave no way to reach peers")
     cfg = SessionConfig(
         host=args.host,
         port=check_port(args.port),
+        utp=not args.no_utp,
+        tcp=not args.no_tcp,
         peer=PeerConfig(encryption=args.encryption),
         webrtc=not args.no_webrtc,
         ice_servers=tuple(args.ice_server or ()),
@@ -396,6 +400,8 @@ def _add_net_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--announce", action="append", metavar="URL", help="extra tracker URL (repeatable)")
     p.add_argument("--peer", action="append", metavar="HOST:PORT", help="dial this peer directly (repeatable)")
     p.add_argument("--no-webrtc", action="store_true", help="do not join the WebTorrent (browser) swarm")
+    p.add_argument("--no-utp", action="store_true", help="no uTP: TCP only (by default uTP is tried first)")
+    p.add_argument("--no-tcp", action="store_true", help="no TCP: uTP only")
     p.add_argument("--ice-server", action="append", metavar="URL",
                    help="STUN/TURN server for WebRTC, e.g. stun:stun.example.org:3478 or turn:user:pass@host:3478")
     p.add_argument("--webrtc-host", action="append", metavar="ADDR",
@@ -409,15 +415,29 @@ def _add_net_options(p: argparse.ArgumentParser) -> None:
                         "require, or off")
 
 
+def _sub_parser(common: argparse.ArgumentParser) -> type[argparse.ArgumentParser]:
+    class SubParser(argparse.ArgumentParser):
+        def __init__(self, *a: Any, **kw: Any) -> None:
+            kw.setdefault("parents", [common])
+            super().__init__(*a, **kw)
+    return SubParser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="webtorrent-bridge",
         description="One BitTorrent peer in both swarms: classic clients and WebTorrent browsers.",
     )
     parser.add_argument("--version", action="version", version=f"webtorrent-bridge {__version__}")
+    # The logging options work before or after the command (`-v download ...` or `download -v ...`).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                        help="more log output (-vv for debug)")
+    common.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default=argparse.SUPPRESS,
+                        help="log level")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="log level")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_sub_parser(common))
 
     p = sub.add_parser("create", help="create a .torrent and print its magnet URI")
     p.add_argument("path", help="file or folder to share")

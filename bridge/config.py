@@ -46,6 +46,10 @@ class SessionConfig:
     peer: PeerConfig = field(default_factory=PeerConfig)
     #: Send announces to trackers.
     trackers_enabled: bool = True
+    #: Speak uTP (BEP 29) on the listen port's UDP side: accept it, and try it first when dialling.
+    utp: bool = True
+    #: Speak TCP: listen on it, and dial it (after uTP, when both are on).
+    tcp: bool = True
     #: Join the WebTorrent swarm (WebRTC peers found through ws:// and wss:// trackers).
     webrtc: bool = True
     #: STUN/TURN server URLs for WebRTC (``turn:user:pass@host:port`` for TURN). None by default: on a

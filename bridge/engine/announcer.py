@@ -35,7 +35,7 @@ import aiohttp
 
 from ..errors import BridgeError, TrackerError
 from ..net.tracker_http import announce_http
-from ..net.tracker_udp import announce_udp
+from ..net.tracker_udp import SharedUdp, announce_udp
 from ..proto.tracker import (
     SUPPORTED_SCHEMES,
     AnnounceRequest,
@@ -121,6 +121,7 @@ class Announcer:
         sleep: Callable[[float], Awaitable[None]] | None = None,
         rng: random.Random | None = None,
         announce: AnnounceFn | None = None,
+        udp: SharedUdp | None = None,
     ) -> None:
         """
         :param tiers: BEP 12 announce-list; copied, then each tier is shuffled with ``rng``.
@@ -139,6 +140,7 @@ class Announcer:
         self._stats = stats
         self._on_peers = on_peers
         self._session = session
+        self._udp = udp
         self._numwant = numwant
         self._clock = clock or time.monotonic
         self._sleep = sleep or asyncio.sleep
@@ -270,7 +272,7 @@ class Announcer:
     ) -> AnnounceResponse:
         scheme = parse_tracker_url(url).scheme
         if scheme == "udp":
-            return await announce_udp(url, req, timeout=UDP_TIMEOUT)
+            return await announce_udp(url, req, timeout=UDP_TIMEOUT, endpoint=self._udp)
         if scheme in ("http", "https"):
             if self._session is None:
                 raise TrackerError("no HTTP session given to the announcer")

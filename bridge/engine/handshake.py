@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from ..config import PeerConfig
@@ -70,13 +70,21 @@ async def _run_mse(transport: PeerTransport, mse: MseInitiator | MseResponder, i
                 raise RemoteProtocolError("connection closed during the encryption handshake")
 
 
-async def dial(host: str, port: int, ours: ev.Handshake, cfg: PeerConfig) -> Opened:
+#: Opens a byte stream to (host, port) within a timeout: TCP by default, or a uTP connection.
+Opener = Callable[[str, int, float], Awaitable[PeerTransport]]
+
+
+async def _open_tcp(host: str, port: int, timeout: float) -> PeerTransport:
+    return await connect_tcp(host, port, timeout)
+
+
+async def dial(host: str, port: int, ours: ev.Handshake, cfg: PeerConfig, opener: Opener = _open_tcp) -> Opened:
     """Connect and exchange handshakes, plaintext or MSE in the order the encryption setting gives,
     retrying the other way once when the peer hangs up on the first (some require encryption)."""
     order = _DIAL_ORDER.get(cfg.encryption, _DIAL_ORDER["allow"])
     failure: RemoteProtocolError | None = None
     for use_mse in order:
-        transport = await connect_tcp(host, port, cfg.connect_timeout)
+        transport = await opener(host, port, cfg.connect_timeout)
         try:
             wire = Wire()
             stream: PeerTransport = transport

@@ -34,7 +34,7 @@ from ..proto.extension import (
 )
 from ..proto.wire import Wire
 from ..swarm.metadata import MetadataAssembler
-from .handshake import dial, our_handshake
+from .handshake import our_handshake
 from .peer import packed_ip
 
 if TYPE_CHECKING:
@@ -149,7 +149,7 @@ class MetadataFetcher:
     # ------------------------------------------------------------------------------------- TCP
     async def _connection(self, addr: Address) -> None:
         try:
-            opened = await dial(addr[0], addr[1], self.our_handshake(), self.config)
+            opened = await self.session.dial(addr[0], addr[1], self.our_handshake(), self.config)
         except (OSError, TimeoutError, RemoteProtocolError) as e:
             log.debug("[%s] metadata from %s:%d: %s", self.tag, addr[0], addr[1], e or type(e).__name__)
             self._busy.discard(addr)

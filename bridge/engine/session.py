@@ -12,16 +12,19 @@ from collections.abc import Callable, Iterable
 import aiohttp
 
 from .. import __version__
-from ..config import SessionConfig
+from ..config import PeerConfig, SessionConfig
 from ..errors import RemoteProtocolError
 from ..net.rtc import RtcConfig
-from ..net.tcp import TcpTransport, serve_tcp
+from ..net.tcp import serve_tcp
 from ..net.tracker_ws import WsTrackerPool
+from ..net.transport import PeerTransport
+from ..net.utp import UtpSocket, open_utp_socket
+from ..proto import events as ev
 from ..proto.metainfo import InfoDict, parse_info
 from ..proto.mse import req2_key
 from ..storage import FileStorage, ProgressFn, default_executor
 from .announcer import Announcer
-from .handshake import accept
+from .handshake import Opened, accept, dial
 from .metadata import MetadataFetcher, OpenConnection
 from .torrent import Address, Torrent
 from .webrtc import WebRtcSide
@@ -29,6 +32,17 @@ from .webrtc import WebRtcSide
 log = logging.getLogger(__name__)
 
 _ID_CHARS = (string.ascii_letters + string.digits).encode()
+#: Tries at binding TCP and UDP to one free port number (port 0: the UDP side of the port the kernel gave
+#: TCP may be taken).
+PORT_ATTEMPTS = 5
+#: Seconds a uTP connection attempt gets before the dialler falls back to TCP. A uTP peer answers the
+#: SYN within one round trip; one that does not speak uTP never answers.
+UTP_CONNECT_TIMEOUT = 4.0
+#: Seconds uTP has to open a connection before TCP is tried as well (the first to finish wins). A peer
+#: without uTP then costs half a second, not UTP_CONNECT_TIMEOUT.
+UTP_HEAD_START = 0.5
+#: Addresses remembered as not answering uTP (dialled over TCP only from then on).
+MAX_NO_UTP = 4096
 
 
 def make_peer_id() -> bytes:
@@ -51,11 +65,22 @@ class Session:
         self._incoming: set[asyncio.Task[None]] = set()
         self.rtc_config = RtcConfig(ice_servers=self.config.ice_servers, host_addresses=self.config.webrtc_hosts)
         self.ws_pool: WsTrackerPool | None = None
+        #: the UDP side of the listen port: uTP connections (None with utp off)
+        self.utp: UtpSocket | None = None
+        self._no_utp: set[tuple[str, int]] = set()
 
     async def start(self) -> None:
-        self._server = await serve_tcp(self.config.host, self.config.port, self._on_incoming)
-        sock = self._server.sockets[0]
-        self.listen_host, self.listen_port = sock.getsockname()[:2]
+        cfg = self.config
+        if not (cfg.tcp or cfg.utp):
+            raise ValueError("TCP and uTP are both turned off: no way to reach peers")
+        for attempt in range(PORT_ATTEMPTS):
+            try:
+                await self._listen(cfg.port)
+                break
+            except OSError:
+                # Port 0: the TCP port the kernel picked may be taken on UDP. Pick another.
+                if cfg.port != 0 or attempt == PORT_ATTEMPTS - 1:
+                    raise
         self.ws_pool = WsTrackerPool()
         self.http = aiohttp.ClientSession(
             headers={"User-Agent": f"webtorrent-bridge/{__version__}"},
@@ -120,7 +145,8 @@ class Session:
         announcer = None
         announce_task = None
         if tiers and self.config.trackers_enabled:
-            announcer = Announcer(tiers, info_hash, self.peer_id, self.listen_port, stats, on_peers, self.http)
+            announcer = Announcer(tiers, info_hash, self.peer_id, self.listen_port, stats, on_peers, self.http,
+                                  udp=self.utp)
             announce_task = asyncio.create_task(announcer.run(), name=f"announce {info_hash.hex()[:8]}")
         side: WebRtcSide | None = None
         if self.config.webrtc and self.config.trackers_enabled and self.ws_pool is not None:
@@ -149,7 +175,74 @@ class Session:
             torrent.adopt_task(announce_task)
         return torrent
 
-    async def _on_incoming(self, transport: TcpTransport) -> None:
+    async def _listen(self, port: int) -> None:
+        """TCP and UDP (uTP) on the same port number."""
+        cfg = self.config
+        if cfg.tcp:
+            self._server = await serve_tcp(cfg.host, port, self._on_incoming)
+            sock = self._server.sockets[0]
+            self.listen_host, self.listen_port = sock.getsockname()[:2]
+            port = self.listen_port
+        if cfg.utp:
+            try:
+                self.utp = await open_utp_socket(cfg.host, port, on_incoming=self._on_incoming)
+            except OSError:
+                if self._server is not None:
+                    self._server.close()
+                    self._server = None
+                raise
+            self.listen_host, self.listen_port = self.utp.local_address
+
+    async def dial(self, host: str, port: int, ours: ev.Handshake, cfg: PeerConfig) -> Opened:
+        """Open a peer connection, uTP first (most classic swarms prefer it): TCP starts too if uTP has not
+        finished the handshakes within UTP_HEAD_START seconds, and the first to finish wins."""
+        use_utp = self.config.utp and self.utp is not None and (host, port) not in self._no_utp
+        if not use_utp:
+            if not self.config.tcp:
+                raise ConnectionError("uTP is unavailable for this peer and TCP is off")
+            return await dial(host, port, ours, cfg)
+        utp = self.utp
+        assert utp is not None
+
+        async def open_utp(h: str, p: int, timeout: float) -> PeerTransport:
+            return await utp.connect((h, p), min(timeout, UTP_CONNECT_TIMEOUT))
+
+        attempts: dict[asyncio.Task[Opened], str] = {
+            asyncio.ensure_future(dial(host, port, ours, cfg, open_utp)): "uTP"}
+        errors: list[str] = []
+        winner: Opened | None = None
+        try:
+            done, _ = await asyncio.wait(attempts, timeout=UTP_HEAD_START)
+            if not done and self.config.tcp:
+                attempts[asyncio.ensure_future(dial(host, port, ours, cfg))] = "TCP"
+            pending = set(attempts)
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    exc = task.exception()
+                    if exc is None:
+                        winner = task.result()
+                        return winner
+                    if attempts[task] == "uTP":
+                        if len(self._no_utp) < MAX_NO_UTP:
+                            self._no_utp.add((host, port))
+                        if self.config.tcp and len(attempts) == 1:
+                            tcp = asyncio.ensure_future(dial(host, port, ours, cfg))
+                            attempts[tcp] = "TCP"
+                            pending.add(tcp)
+                    errors.append(f"{attempts[task]}: {exc or type(exc).__name__}")
+            raise ConnectionError("; ".join(errors))
+        finally:
+            for task in attempts:
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(*attempts, return_exceptions=True)
+            for task in attempts:
+                # Both made it at once: keep only the winner.
+                if not task.cancelled() and task.exception() is None and task.result() is not winner:
+                    task.result().transport.close()
+
+    async def _on_incoming(self, transport: PeerTransport) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._incoming.add(task)
@@ -184,6 +277,7 @@ class Session:
     async def aclose(self) -> None:
         if self._server is not None:
             self._server.close()
+
         await asyncio.gather(*(t.stop() for t in self.torrents.values()), return_exceptions=True)
         for task in list(self._incoming):
             task.cancel()
@@ -192,4 +286,7 @@ class Session:
             await self.ws_pool.aclose()
         if self.http is not None:
             await self.http.close()
+        if self.utp is not None:
+            self.utp.close()
+            self.utp = None
         self.executor.shutdown(wait=False, cancel_futures=True)

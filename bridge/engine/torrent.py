@@ -23,7 +23,7 @@ from ..swarm.bitfield import Bitfield
 from ..swarm.choker import RECHOKE_INTERVAL, ChokeCandidate, Choker
 from ..swarm.picker import PiecePicker
 from ..swarm.rate import RateMeter
-from .handshake import dial, our_handshake
+from .handshake import our_handshake
 from .peer import Peer
 from .webrtc import WebRtcSide
 
@@ -194,6 +194,7 @@ class Torrent:
                 stats=self.stats,
                 on_peers=lambda peers: self.add_peers(peers),
                 session=self.session.http,
+                udp=self.session.utp,
             )
             self._announcer = announcer  # a seed from the start announces started with left=0, never completed
             self._spawn(announcer.run(), f"announce {self.tag}")
@@ -397,7 +398,7 @@ class Torrent:
         cfg = self.config
         try:
             try:
-                opened = await dial(addr[0], addr[1], self.our_handshake(), cfg)
+                opened = await self.session.dial(addr[0], addr[1], self.our_handshake(), cfg)
             except (RemoteProtocolError, OSError, TimeoutError) as e:
                 self._failures[addr] += 1
                 log.debug("[%s] cannot open %s:%d: %s", self.tag, addr[0], addr[1], e or type(e).__name__)

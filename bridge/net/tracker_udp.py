@@ -14,7 +14,8 @@ import collections
 import logging
 import secrets
 import socket
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from ..errors import TrackerError
 from ..proto.tracker import (
@@ -29,7 +30,31 @@ from ..proto.tracker import (
     udp_response_transaction_id,
 )
 
-__all__ = ["announce_udp", "ConnectionIdCache", "CONNECTION_ID_LIFETIME"]
+__all__ = ["announce_udp", "ConnectionIdCache", "CONNECTION_ID_LIFETIME", "SharedUdp"]
+
+
+class SharedUdp(Protocol):
+    """A UDP socket owned by someone else (the listen port's, shared with uTP) that the tracker client
+    may send from: replies from ``addr`` are handed to the subscribed callback."""
+
+    family: int
+
+    def sendto(self, data: bytes, addr: tuple[str, int]) -> None: ...
+
+    def subscribe(self, addr: tuple[str, int], callback: Callable[[bytes], None]) -> Callable[[], None]:
+        """Route datagrams from ``addr`` to ``callback`` until the returned function is called."""
+        ...
+
+
+class _SharedSender:
+    """The one method of a DatagramTransport that _exchange uses, over a shared socket."""
+
+    def __init__(self, endpoint: SharedUdp, addr: tuple[str, int]) -> None:
+        self._endpoint = endpoint
+        self._addr = addr
+
+    def sendto(self, data: bytes) -> None:
+        self._endpoint.sendto(data, self._addr)
 
 log = logging.getLogger(__name__)
 
@@ -154,11 +179,13 @@ async def announce_udp(
     *,
     timeout: float = 15.0,  # noqa: ASYNC109 -- the public API takes a budget; asyncio.timeout applies it
     cache: ConnectionIdCache | None = None,
+    endpoint: SharedUdp | None = None,
 ) -> AnnounceResponse:
     """Announce ``req`` to the ``udp://host:port`` tracker at ``url`` and return its parsed answer.
 
     ``timeout`` bounds everything (resolution, connect, announce, retransmissions). ``cache`` defaults to
-    a process-wide connection-id cache. Raises TrackerError on any failure.
+    a process-wide connection-id cache. ``endpoint``: send from this shared socket (the listen port's)
+    when its address family fits, instead of a socket of our own. Raises TrackerError on any failure.
     """
     parsed = parse_tracker_url(url)
     if parsed.scheme != "udp":
@@ -174,6 +201,14 @@ async def announce_udp(
                 raise TrackerError(f"cannot resolve {parsed.host!r}")
             family, _, _, _, sockaddr = infos[0]
             key = (str(sockaddr[0]), int(sockaddr[1]))
+            if endpoint is not None and endpoint.family == family:
+                shared = _ClientProtocol()
+                unsubscribe = endpoint.subscribe(key, lambda data: shared.datagram_received(data, key))
+                try:
+                    return await _announce(_SharedSender(endpoint, key), shared, key, req,  # type: ignore[arg-type]
+                                           cache, first_wait, ipv6=family == socket.AF_INET6)
+                finally:
+                    unsubscribe()
             transport, protocol = await loop.create_datagram_endpoint(
                 _ClientProtocol, remote_addr=key, family=family
             )

@@ -391,6 +391,52 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_async(run)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .daemon import Daemon, ServeOptions
+
+    for port in (args.http_port, args.port, args.tracker_port):
+        check_port(port)
+    if args.no_utp and args.no_tcp:
+        raise UsageError("--no-utp and --no-tcp together leave no way to reach peers")
+    token = args.api_token or os.environ.get("BRIDGE_API_TOKEN") or None
+    options = ServeOptions(
+        host=args.host, http_port=args.http_port, data_dir=args.data_dir,
+        state_dir=args.state_dir or os.path.join(args.data_dir, ".webtorrent-bridge"),
+        tracker=args.tracker, tracker_port=args.tracker_port, api_token=token, recheck=args.recheck,
+        extra_trackers=tuple(args.announce or ()),
+    )
+    session = SessionConfig(
+        host=args.peer_host, port=args.port, utp=not args.no_utp, tcp=not args.no_tcp,
+        peer=PeerConfig(encryption=args.encryption), webrtc=not args.no_webrtc,
+        ice_servers=tuple(args.ice_server or ()), webrtc_hosts=tuple(args.webrtc_host or ()),
+    )
+
+    async def run() -> int:
+        stop = asyncio.Event()
+        _stop_on_signals(stop)
+        try:
+            daemon = Daemon(options, session)
+        except BridgeError as e:
+            raise UsageError(str(e)) from None
+        try:
+            await daemon.start()
+        except OSError as e:
+            await daemon.close()
+            raise UsageError(f"cannot listen: {e.strerror or e}") from None
+        assert daemon.http is not None
+        print(f"listening on {daemon.session.listen_host}:{daemon.session.listen_port}", file=sys.stderr)
+        print(f"API, page and streams: {daemon.http.url}/  (API: {daemon.http.url}/api/v1/)", file=sys.stderr)
+        if daemon.tracker is not None:
+            print(f"tracker: {daemon.tracker.ws_url}", file=sys.stderr)
+        print(f"{len(daemon.entries)} torrent(s) from {options.state_dir}", file=sys.stderr, flush=True)
+        await stop.wait()
+        print("stopping ...", file=sys.stderr, flush=True)
+        await daemon.close()
+        return 0
+
+    return run_async(run)
+
+
 # ----------------------------------------------------------------------------------------- parser
 
 
@@ -471,6 +517,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interval", type=int, default=DEFAULT_TRACKER_INTERVAL, metavar="SECONDS",
                    help=f"announce interval given to clients, 10..3600 (default {DEFAULT_TRACKER_INTERVAL})")
     p.set_defaults(func=cmd_tracker)
+
+    p = sub.add_parser("serve", help="run as a long-lived seedbox with a JSON API, web page and streaming",
+                       description="Many torrents in one process, kept across restarts, managed over HTTP.")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address of the API, page and streams (default 127.0.0.1; anything else needs a token)")
+    p.add_argument("--http-port", type=int, default=8080, help="port of the API, page and streams (default 8080)")
+    p.add_argument("--port", type=int, default=6881, help="peer port, TCP and uTP (default 6881)")
+    p.add_argument("--peer-host", default="0.0.0.0", help="address peers connect to (default 0.0.0.0)")
+    p.add_argument("--data-dir", default=".", metavar="D", help="torrents' data goes to D/<name> (default .)")
+    p.add_argument("--state-dir", metavar="S", help="records and resume data (default D/.webtorrent-bridge)")
+    p.add_argument("--tracker", action="store_true", help="also run the embedded tracker and announce to it")
+    p.add_argument("--tracker-port", type=int, default=8000, help="port of the embedded tracker (default 8000)")
+    p.add_argument("--api-token", metavar="TOKEN",
+                   help="bearer token for the API (or the BRIDGE_API_TOKEN environment variable)")
+    p.add_argument("--recheck", action="store_true", help="hash all data at start (default: trust resume data "
+                                                          "whose files' sizes and mtimes are unchanged)")
+    p.add_argument("--announce", action="append", metavar="URL", help="tracker added to every torrent")
+    p.add_argument("--no-webrtc", action="store_true", help="do not join the WebTorrent (browser) swarm")
+    p.add_argument("--no-utp", action="store_true", help="TCP only")
+    p.add_argument("--no-tcp", action="store_true", help="uTP only")
+    p.add_argument("--ice-server", action="append", metavar="URL", help="STUN/TURN server for WebRTC")
+    p.add_argument("--webrtc-host", action="append", metavar="ADDR", help="address WebRTC gathers candidates on")
+    p.add_argument("--encryption", choices=["allow", "prefer", "require", "off"], default="allow", help="MSE/PE")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="play a video in the browser through the bridge, all on this machine",
                        description="Seed a sample video (or SOURCE), start the embedded tracker and the HTTP "

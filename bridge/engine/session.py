@@ -23,6 +23,7 @@ from ..proto import events as ev
 from ..proto.metainfo import InfoDict, parse_info
 from ..proto.mse import req2_key
 from ..storage import FileStorage, ProgressFn, default_executor
+from ..swarm.bitfield import Bitfield
 from .announcer import Announcer
 from .handshake import Opened, accept, dial
 from .metadata import MetadataFetcher, OpenConnection
@@ -100,14 +101,19 @@ class Session:
         connections: Iterable[OpenConnection] = (),
         webrtc: WebRtcSide | None = None,
         web_seeds: Iterable[str] = (),
+        have: Bitfield | None = None,
+        priorities: Iterable[int] = (),
     ) -> Torrent:
-        """Check existing data, then start the torrent."""
+        """Check existing data (or trust ``have``: resume data that passed its fast check), then start
+        the torrent. ``priorities`` are per-file (0 skips a file)."""
         if info.info_hash in self.torrents:
             raise ValueError("torrent already added")
         storage = FileStorage(info, download_dir, self.executor)
-        have = await storage.recheck(progress)
+        if have is None:
+            have = await storage.recheck(progress)
         torrent = Torrent(self, info, storage, have, config=self.config.peer, trackers=trackers, seed=seed,
                           web_seeds=web_seeds)
+        torrent.set_file_priorities(list(priorities))
         self.torrents[info.info_hash] = torrent
         torrent.add_peers(peers, sticky=True)
         await torrent.start(announcer, connections, webrtc)

@@ -266,6 +266,28 @@ class Torrent:
         self._readers.discard(reader)
         self.update_deadlines()
 
+    def set_file_priorities(self, priorities: list[int]) -> None:
+        """Per-file priorities (0 skips the file, 1 normal, up to 7). A piece shared by several files
+        takes the highest of theirs. Missing entries are 1."""
+        info = self.info
+        if not priorities:
+            return
+        prio = [max(0, min(7, int(priorities[i]) if i < len(priorities) else 1)) for i in range(len(info.files))]
+        piece_prio = [0] * info.num_pieces
+        for fi, f in enumerate(info.files):
+            if f.length == 0:
+                continue
+            first = f.offset // info.piece_length
+            last = (f.offset + f.length - 1) // info.piece_length
+            for i in range(first, last + 1):
+                piece_prio[i] = max(piece_prio[i], prio[fi])
+        for i, pr in enumerate(piece_prio):
+            self.picker.set_priority(i, pr)
+        for p in self.peers:
+            if not p.am_interested and self.picker.is_interesting(p.bits):
+                p.set_interested(True)
+            p.fill_requests()
+
     def set_sequential(self, on: bool) -> None:
         """Download pieces in order (after any reader's deadlines) instead of rarest-first."""
         self.picker.set_sequential(on)

@@ -11,7 +11,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -121,4 +121,28 @@ async def start_http_server(session: Session, host: str = "127.0.0.1", port: int
     sockets = getattr(server, "sockets", None) or []
     bound = sockets[0].getsockname()[1] if sockets else port
     log.info("HTTP server on %s:%d", host, bound)
+    return HttpServer(runner, host, bound)
+
+
+async def start_api_server(daemon: Any, host: str, port: int, *, web_root: Path | None = None) -> HttpServer:
+    """`serve`'s HTTP server: the JSON API, streaming, and the page; raises OSError if it cannot bind."""
+    from .api import MAX_API_BODY, add_api_routes
+
+    app = web.Application(client_max_size=MAX_API_BODY)
+    add_api_routes(app, daemon)
+    add_stream_routes(app, daemon.session)
+    root = web_root if web_root is not None else default_web_root()
+    if root is not None:
+        _add_page_routes(app, root)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except OSError:
+        await runner.cleanup()
+        raise
+    sockets = getattr(site._server, "sockets", None) or []
+    bound = sockets[0].getsockname()[1] if sockets else port
+    log.info("API and streams on %s:%d", host, bound)
     return HttpServer(runner, host, bound)

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,6 +115,9 @@ class Daemon:
         self.started_at = time.time()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
+        #: counters of removed torrents, so the metrics' totals never go down
+        self.retired: dict[str, Counter[str]] = {"down": Counter(), "up": Counter(), "relayed": Counter(),
+                                                 "hash_failures": Counter()}
 
     # ---------------------------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -324,6 +328,12 @@ class Daemon:
         self._launch(entry)
 
     async def remove(self, entry: Entry, delete_data: bool) -> None:
+        t = entry.torrent
+        if t is not None:
+            self.retired["down"].update(t.downloaded_by_kind)
+            self.retired["up"].update(t.uploaded_by_kind)
+            self.retired["relayed"].update(t.relayed)
+            self.retired["hash_failures"]["total"] += sum(t.hash_failures.values())
         await self._stop(entry)
         self.entries.pop(entry.info_hash, None)
         info = entry.info

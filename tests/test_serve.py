@@ -27,13 +27,13 @@ TOKEN = "test-token-" + "x" * 20
 class Serve:
     """One `serve` process on 127.0.0.1 with free ports; talks to its API with urllib."""
 
-    def __init__(self, tmp: Path, *extra: str, token: str | None = TOKEN) -> None:
+    def __init__(self, tmp: Path, *extra: str, token: str | None = TOKEN, webrtc: bool = False) -> None:
         self.tmp = tmp
         self.token = token
         self.log = tmp / f"serve-{time.monotonic_ns()}.log"
         args = [sys.executable, "-m", "bridge", "-v", "serve", "--http-port", "0", "--port", "0", "--peer-host",
-                "127.0.0.1", "--data-dir", str(tmp / "data"), "--state-dir", str(tmp / "state"), "--no-webrtc",
-                *extra]
+                "127.0.0.1", "--data-dir", str(tmp / "data"), "--state-dir", str(tmp / "state"),
+                *([] if webrtc else ["--no-webrtc"]), *extra]
         if token:
             args += ["--api-token", token]
         self.logf = open(self.log, "wb")  # noqa: SIM115 -- closed in stop()

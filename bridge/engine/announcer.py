@@ -27,6 +27,7 @@ import asyncio
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +53,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: Announce outcomes of every announcer in the process (HTTP and UDP trackers), for metrics.
+ANNOUNCE_RESULTS: Counter[str] = Counter()
 
 #: First retry delay after a round in which every tracker failed, in seconds (doubles per failed round).
 BACKOFF_BASE = 15.0
@@ -334,9 +338,11 @@ class Announcer:
                 try:
                     resp = await self._announce_fn(tracker.url, req, tracker.tracker_id)
                 except BridgeError as exc:
+                    ANNOUNCE_RESULTS["error"] += 1
                     log.warning("%s tracker %s: %s", self._prefix, tracker.name, _one_line(exc))
                     continue
                 except Exception as exc:  # a transport bug must not end announcing
+                    ANNOUNCE_RESULTS["error"] += 1
                     log.warning(
                         "%s tracker %s: unexpected %s: %s",
                         self._prefix,
@@ -353,6 +359,7 @@ class Announcer:
         self._schedule_failure()
 
     def _on_success(self, tracker: _Tracker, event: str, resp: AnnounceResponse) -> None:
+        ANNOUNCE_RESULTS["ok"] += 1
         tracker.started = True
         if resp.tracker_id is not None:
             tracker.tracker_id = resp.tracker_id

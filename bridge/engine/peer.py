@@ -261,6 +261,9 @@ class Peer:
                 self._out.clear()
                 budget = UPLOAD_BATCH_BYTES
                 served = 0
+                relayed = 0
+                origin = self.torrent.piece_origin
+                other_side = 1 if self.kind == "webrtc" else 2
                 while self.requests_in and not self.am_choking and budget > 0:
                     index, begin, length = self.requests_in.popleft()
                     if index != last_index:
@@ -271,13 +274,15 @@ class Peer:
                     chunks.append(data)
                     budget -= length
                     served += length
+                    if origin[index] == other_side:
+                        relayed += length
                 if not chunks:
                     continue
                 await self.transport.write(b"".join(chunks))
                 self.last_sent = time.monotonic()
                 if served:
                     self.up.add(served)
-                    self.torrent.on_uploaded(self, served)
+                    self.torrent.on_uploaded(self, served, relayed)
 
     # ---------------------------------------------------------------------------------- handling
     def _handle_all(self, events: list[ev.Event]) -> None:

@@ -104,6 +104,14 @@ class Torrent:
         self._verifying: set[int] = set()
         self.uploaded = 0
         self.downloaded = 0
+        #: payload bytes by kind of peer: "tcp", "utp", "webrtc", "webseed"
+        self.downloaded_by_kind: Counter[str] = Counter()
+        self.uploaded_by_kind: Counter[str] = Counter()
+        #: where each verified piece came from: 0 we had it, 1 the classic swarm (TCP, uTP, web seed),
+        #: 2 the browser swarm (WebRTC). Serving a piece to the other side counts as relayed.
+        self.piece_origin = bytearray(info.num_pieces)
+        self.relayed = {"classic_to_web": 0, "web_to_classic": 0}
+        self._piece_kind: dict[int, str] = {}
         now = time.monotonic()
         self.down = RateMeter(now)
         self.up = RateMeter(now)
@@ -497,6 +505,8 @@ class Torrent:
         blocks[begin // BLOCK_SIZE] = data
         n = len(data)
         self.downloaded += n
+        self.downloaded_by_kind[peer.kind] += n
+        self._piece_kind.setdefault(index, peer.kind)
         self.down.add(n)
         contributors = self._contributors.get(index)
         if contributors is None:
@@ -527,7 +537,9 @@ class Torrent:
         if self.picker.endgame_active or not ok:
             for p in self.peers:
                 p.forget_piece(index)
+        kind = self._piece_kind.pop(index, None)
         if ok:
+            self.piece_origin[index] = 2 if kind == "webrtc" else 1
             self.picker.piece_verified(index)
             waiter = self._piece_waiters.pop(index, None)
             if waiter is not None and not waiter.done():
@@ -571,9 +583,13 @@ class Torrent:
         if self.on_complete:
             self.on_complete()
 
-    def on_uploaded(self, peer: Peer, n: int) -> None:
+    def on_uploaded(self, peer: Peer, n: int, relayed: int = 0) -> None:
+        """``n`` payload bytes went to ``peer``; ``relayed`` of them came from the other swarm."""
         self.uploaded += n
         self.up.add(n)
+        self.uploaded_by_kind[peer.kind] += n
+        if relayed:
+            self.relayed["classic_to_web" if peer.kind == "webrtc" else "web_to_classic"] += relayed
 
     def on_interest(self, peer: Peer) -> None:
         if peer.peer_interested and peer.am_choking:

@@ -71,6 +71,8 @@ class _Stop(Exception):
 class WebSeed:
     """A web seed of one torrent. ``address`` is (host name, port) so the torrent bans it like a peer."""
 
+    kind = "webseed"
+
     def __init__(
         self,
         torrent: Torrent,

@@ -59,6 +59,11 @@ def _middleware(token: str | None) -> Callable[[web.Request, Handler], Awaitable
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path == "/metrics":
+            if token and not hmac.compare_digest(request.headers.get("Authorization", "").encode(),
+                                                 f"Bearer {token}".encode()):
+                return _error(401, "missing or wrong token (Authorization: Bearer ...)")
+            return await handler(request)
         if not request.path.startswith("/api/"):
             return await handler(request)
         if token and request.path != "/api/v1/health":

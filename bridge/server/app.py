@@ -127,9 +127,11 @@ async def start_http_server(session: Session, host: str = "127.0.0.1", port: int
 async def start_api_server(daemon: Any, host: str, port: int, *, web_root: Path | None = None) -> HttpServer:
     """`serve`'s HTTP server: the JSON API, streaming, and the page; raises OSError if it cannot bind."""
     from .api import MAX_API_BODY, add_api_routes
+    from .metrics import add_metrics_route
 
     app = web.Application(client_max_size=MAX_API_BODY)
     add_api_routes(app, daemon)
+    add_metrics_route(app, daemon)
     add_stream_routes(app, daemon.session)
     root = web_root if web_root is not None else default_web_root()
     if root is not None:

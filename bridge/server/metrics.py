@@ -1,0 +1,92 @@
+"""Prometheus metrics of `serve` at /metrics (prometheus-client's text format).
+
+Everything is read from the daemon when scraped, through a collector on a registry of our own (not the
+process-global one): bytes by kind of peer, bytes relayed between the classic and browser swarms, peers by
+kind, torrents by state, tracker announce results and hash failures.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from ..engine.announcer import ANNOUNCE_RESULTS
+
+if TYPE_CHECKING:
+    from ..daemon import Daemon
+
+__all__ = ["add_metrics_route"]
+
+KINDS = ("tcp", "utp", "webrtc", "webseed")
+
+
+class _Collector:
+    def __init__(self, daemon: Daemon) -> None:
+        self.d = daemon
+
+    def collect(self) -> Iterator[Metric]:
+        d = self.d
+        down: Counter[str] = Counter(d.retired["down"])
+        up: Counter[str] = Counter(d.retired["up"])
+        relayed: Counter[str] = Counter(d.retired["relayed"])
+        hash_failures = d.retired["hash_failures"].get("total", 0)
+        peers: Counter[str] = Counter()
+        states: Counter[str] = Counter()
+        for entry in d.entries.values():
+            states[d.torrent_json(entry)["state"]] += 1
+            t = entry.torrent
+            if t is None:
+                continue
+            down.update(t.downloaded_by_kind)
+            up.update(t.uploaded_by_kind)
+            relayed.update(t.relayed)
+            hash_failures += sum(t.hash_failures.values())
+            for p in t.peers:
+                peers[p.kind] += 1
+            peers["webseed"] += sum(1 for w in t.web_seeds if w.state == "fetching")
+
+        m = CounterMetricFamily("bridge_payload_downloaded_bytes", "Payload bytes received, by kind of peer",
+                                labels=["kind"])
+        for k in KINDS:
+            m.add_metric([k], down.get(k, 0))
+        yield m
+        m = CounterMetricFamily("bridge_payload_uploaded_bytes", "Payload bytes sent, by kind of peer",
+                                labels=["kind"])
+        for k in KINDS:
+            m.add_metric([k], up.get(k, 0))
+        yield m
+        m = CounterMetricFamily("bridge_relayed_bytes", "Bytes served to one swarm that came from the other",
+                                labels=["direction"])
+        for k in ("classic_to_web", "web_to_classic"):
+            m.add_metric([k], relayed.get(k, 0))
+        yield m
+        g = GaugeMetricFamily("bridge_peers", "Connected peers by kind", labels=["kind"])
+        for k in KINDS:
+            g.add_metric([k], peers.get(k, 0))
+        yield g
+        g = GaugeMetricFamily("bridge_torrents", "Torrents by state", labels=["state"])
+        for state in ("starting", "metadata", "checking", "downloading", "seeding", "paused", "error"):
+            g.add_metric([state], states.get(state, 0))
+        yield g
+        m = CounterMetricFamily("bridge_tracker_announces", "Tracker announces by result", labels=["result"])
+        for k in ("ok", "error"):
+            m.add_metric([k], ANNOUNCE_RESULTS.get(k, 0))
+        yield m
+        yield CounterMetricFamily("bridge_hash_failures", "Pieces that failed their hash check",
+                                  value=hash_failures)
+
+
+def add_metrics_route(app: web.Application, daemon: Daemon) -> None:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collector(daemon))
+
+    async def metrics(request: web.Request) -> web.Response:
+        body = generate_latest(registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app.router.add_get("/metrics", metrics)

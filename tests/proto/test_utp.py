@@ -877,3 +877,20 @@ def test_nothing_is_delivered_past_the_peers_fin():
     assert conn.next_event() == DataReceived(b"last")
     assert conn.next_event() == ConnectionClosed("closed by peer", by_peer=True, error=False)
     assert conn.next_event() is None and conn.ack_nr == (nxt + 1) & 0xFFFF
+
+
+def test_keepalive_carries_no_selective_ack():
+    """A keep-alive acks ack_nr - 1 (libutp); a SACK relative to ack_nr would be off by one there and
+    acknowledge a packet never received (found by a 20%-loss run that deadlocked)."""
+    sim, a, b = connected_pair()
+    sim.record = True
+    conn = b.conn
+    nxt = (conn.ack_nr + 1) & 0xFFFF
+    ack = (conn.seq_nr - 1) & 0xFFFF
+    conn.receive_datagram(mk(ST_DATA, conn.recv_id, (nxt + 1) & 0xFFFF, ack, tail=b"later"), sim.now)
+    (d,) = conn.datagrams_to_send(sim.now)
+    assert parse_header(d).extension == utp.EXT_SACK
+    conn.handle_timer(sim.now + utp.KEEPALIVE_INTERVAL)
+    (k,) = conn.datagrams_to_send(sim.now + utp.KEEPALIVE_INTERVAL)
+    h = parse_header(k)
+    assert h.type == ST_STATE and h.ack_nr == (conn.ack_nr - 1) & 0xFFFF and h.extension == 0 and len(k) == 20

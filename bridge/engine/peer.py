@@ -180,8 +180,11 @@ class Peer:
                     data = await self.transport.read()
                     if not data:
                         break
-                    self.last_received = time.monotonic()
+                    self.last_received = now = time.monotonic()
                     self._handle_all(self.wire.receive_data(data))
+                    limit = t.session.download_limit
+                    if not limit.unlimited and (wait := limit.take(len(data), now)) > 0:
+                        await asyncio.sleep(wait)  # not reading: the peer's sending backs up
             finally:
                 self.close()
                 sender.cancel()
@@ -278,6 +281,9 @@ class Peer:
                         relayed += length
                 if not chunks:
                     continue
+                limit = self.torrent.session.upload_limit
+                if served and not limit.unlimited and (wait := limit.take(served, time.monotonic())) > 0:
+                    await asyncio.sleep(wait)
                 await self.transport.write(b"".join(chunks))
                 self.last_sent = time.monotonic()
                 if served:

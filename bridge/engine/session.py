@@ -7,6 +7,7 @@ import logging
 import os
 import secrets
 import string
+import time
 from collections.abc import Callable, Iterable
 
 import aiohttp
@@ -24,6 +25,7 @@ from ..proto.metainfo import InfoDict, parse_info
 from ..proto.mse import req2_key
 from ..storage import FileStorage, ProgressFn, default_executor
 from ..swarm.bitfield import Bitfield
+from ..swarm.ratelimit import TokenBucket
 from .announcer import Announcer
 from .handshake import Opened, accept, dial
 from .metadata import MetadataFetcher, OpenConnection
@@ -69,6 +71,10 @@ class Session:
         #: the UDP side of the listen port: uTP connections (None with utp off)
         self.utp: UtpSocket | None = None
         self._no_utp: set[tuple[str, int]] = set()
+        #: process-wide rate limits (bytes/s, 0 unlimited), shared by every peer of every torrent
+        now = time.monotonic()
+        self.upload_limit = TokenBucket(int(getattr(self.config, "upload_rate_limit", 0)), now)
+        self.download_limit = TokenBucket(int(getattr(self.config, "download_rate_limit", 0)), now)
 
     async def start(self) -> None:
         cfg = self.config

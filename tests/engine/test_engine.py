@@ -196,3 +196,33 @@ async def test_encrypted_transfer_between_bridges(tmp_path, leech_enc):
     finally:
         await leecher.aclose()
         await seeder.aclose()
+
+
+async def test_upload_and_download_limits_pace_a_transfer(tmp_path):
+    """A 2 MiB transfer with a 1 MB/s upload limit at the seed (then a download limit at the leecher)
+    cannot finish in under about (2 MiB - burst) / 1 MB/s."""
+    import time
+
+    from bridge.swarm.ratelimit import TokenBucket
+
+    info = make_torrent(str(tmp_path / "src"), {"a.bin": 2 * 1024 * 1024})
+    for side in ("upload", "download"):
+        seeder, leecher = Session(loopback()), Session(loopback())
+        await seeder.start()
+        await leecher.start()
+        try:
+            if side == "upload":
+                seeder.upload_limit = TokenBucket(1_000_000, time.monotonic())
+            else:
+                leecher.download_limit = TokenBucket(1_000_000, time.monotonic())
+            await seeder.add_torrent(info, tmp_path / "src", seed=True)
+            started = time.monotonic()
+            lt = await leecher.add_torrent(info, tmp_path / f"dl-{side}",
+                                           peers=[("127.0.0.1", seeder.listen_port)])
+            async with asyncio.timeout(30):
+                await lt.completed.wait()
+            took = time.monotonic() - started
+            assert took >= 1.2, f"{side} limit not applied: 2 MiB in {took:.2f} s"
+        finally:
+            await leecher.aclose()
+            await seeder.aclose()

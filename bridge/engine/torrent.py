@@ -42,6 +42,8 @@ MAX_KNOWN_ADDRESSES = 2000
 #: Seconds before redialling an address that failed or closed, doubled per failure up to RETRY_MAX.
 RETRY_BASE = 15.0
 RETRY_MAX = 300.0
+#: Seconds an idle torrent's timers sleep (no peers, readers or addresses to dial).
+IDLE_TICK = 10.0
 #: Seconds between two PEX messages to one peer (BEP 11: at most one a minute).
 PEX_INTERVAL = 60.0
 #: A peer is "fast" (may re-request stalled blocks of the most urgent streaming pieces) when its download
@@ -96,6 +98,8 @@ class Torrent:
         self._connecting: set[Address] = set()
         self._seeds: set[Address] = set()  # addresses last seen as seeds: not dialled once we are complete
         self._wake = asyncio.Event()
+        #: set when a peer or a reader arrives: wakes an idle ticker
+        self._active = asyncio.Event()
         self.banned: set[str] = set()
         self.hash_failures: Counter[str] = Counter()
         #: received blocks of pieces being downloaded, by block number (bytes or views into received chunks)
@@ -269,6 +273,7 @@ class Torrent:
     # ------------------------------------------------------------------------------- streaming
     def add_reader(self, reader: TorrentReader) -> None:
         self._readers.add(reader)
+        self._active.set()
 
     def remove_reader(self, reader: TorrentReader) -> None:
         self._readers.discard(reader)
@@ -401,23 +406,30 @@ class Torrent:
         cfg = self.config
         while not self._stopping:
             self._wake.clear()
+            next_due: float | None = None
             if self.error is None and (not self.is_complete or self.seed_after_complete):
                 now = time.monotonic()
                 connected = self._connected_addresses()
                 for addr, when in sorted(self._known.items(), key=lambda kv: kv[1]):
                     if len(self.peers) + len(self._connecting) >= cfg.max_peers:
-                        break
+                        break  # a peer leaving sets _wake
                     if len(self._connecting) >= cfg.max_half_open:
-                        break
-                    if when > now or addr in connected or addr in self._connecting:
+                        break  # a dial ending sets _wake
+                    if addr in connected or addr in self._connecting:
                         continue
                     if addr[0] in self.banned or (self.is_complete and addr in self._seeds):
                         continue  # banned, or a seed while we are one too
+                    if when > now:
+                        next_due = when if next_due is None else min(next_due, when)
+                        continue
                     self._connecting.add(addr)
                     self._known[addr] = now + self._retry_delay(addr)
                     self._spawn(self._dial(addr), f"dial {addr[0]}:{addr[1]}")
+            # Sleep until the next address is due (or until told: new addresses, a peer or dial gone),
+            # at most IDLE_TICK seconds: not every second when there is nothing to dial.
+            wait = IDLE_TICK if next_due is None else max(0.05, min(IDLE_TICK, next_due - time.monotonic()))
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(1.0):
+                async with asyncio.timeout(wait):
                     await self._wake.wait()
 
     def _retry_delay(self, addr: Address) -> float:
@@ -475,6 +487,7 @@ class Torrent:
         if address is not None:
             peer.address = peer.listen_address = address
         self.peers.add(peer)
+        self._active.set()
         self._failures.pop(peer.address, None)
         log.info("%s connected (%s, %s)", peer.tag, peer.kind, "outgoing" if address else "incoming")
         await peer.run(pending)
@@ -606,6 +619,15 @@ class Torrent:
         last_rechoke = time.monotonic()
         while True:
             await asyncio.sleep(1.0)
+            if not self.peers and not self._readers and not self._peer_demand:
+                # Idle (a seed nobody is connected to): sleep until a peer or a reader comes, so a
+                # thousand idle torrents do not wake a thousand times a second.
+                self.down.tick(time.monotonic())
+                self.up.tick(time.monotonic())
+                self._active.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(IDLE_TICK):
+                        await self._active.wait()
             now = time.monotonic()
             self.down.tick(now)
             self.up.tick(now)

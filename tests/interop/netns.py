@@ -8,7 +8,8 @@ host's network.
 
 Creating namespaces needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN), util-linux's ``unshare`` and
 iproute2's ``ip``. :func:`namespace_unavailable` says why it cannot be done here (None if it can), so a
-test can fail with that reason instead of being skipped.
+test can fail with that reason instead of being skipped. :func:`netem_unavailable` does the same for
+``tc qdisc ... netem`` (iproute2's ``tc`` and the kernel's sch_netem), which delays and drops packets.
 """
 
 from __future__ import annotations
@@ -68,6 +69,42 @@ def namespace_unavailable(timeout: float = 20.0) -> str | None:
         why = (res.stderr or res.stdout).strip() or f"exit code {res.returncode}"
         hint = " (needs root: CAP_SYS_ADMIN and CAP_NET_ADMIN)" if os.geteuid() != 0 else ""
         return f"cannot create a network namespace with a veth pair{hint}: `{' '.join(cmd)}`: {why}"
+    return None
+
+
+def tc_path() -> str | None:
+    """iproute2's ``tc``, or None."""
+    return shutil.which("tc") or next((p for p in ("/usr/sbin/tc", "/sbin/tc") if os.access(p, os.X_OK)), None)
+
+
+def netem_unavailable(timeout: float = 20.0) -> str | None:
+    """Why ``tc qdisc add ... netem`` cannot be used here, or None if it can.
+
+    Tries it for real on the loopback of a throw-away namespace (``unshare -n tc qdisc add dev lo root
+    netem delay 1ms loss 1%``), so a missing ``tc``, a kernel without sch_netem or a missing capability
+    each show up with the tool's own message."""
+    why = namespace_unavailable(timeout)
+    if why is not None:
+        return why
+    tc = tc_path()
+    if tc is None:
+        return "`tc` (Debian package iproute2) is not installed, so no netem qdisc can be added"
+    unshare, _ = _tools()
+    cmd = [unshare, "-n", tc, "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms", "loss", "1%"]
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return f"`{' '.join(cmd)}` did not finish within {timeout:.0f} s"
+    except OSError as e:
+        return f"cannot run `{' '.join(cmd)}`: {e}"
+    if res.returncode != 0:
+        why = (res.stderr or res.stdout).strip() or f"exit code {res.returncode}"
+        hint = ""
+        if "unknown" in why.lower():
+            hint = (" (this kernel has no sch_netem: it needs CONFIG_NET_SCH_NETEM, built in or as the module "
+                    "sch_netem, e.g. `modprobe sch_netem`; Debian/Ubuntu cloud kernels ship it in "
+                    "linux-modules-extra)")
+        return f"cannot add a netem qdisc{hint}: `{' '.join(cmd)}`: {why}"
     return None
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime
+import json
 import logging
 import os
 import signal
@@ -28,6 +30,7 @@ from .proto.metainfo import (
     parse_magnet,
     parse_torrent,
 )
+from .settings import LOG_FORMATS, SPECS, Settings, SettingsError, resolve, resolve_log_format
 from .tracker.state import DEFAULT_INTERVAL as DEFAULT_TRACKER_INTERVAL
 
 log = logging.getLogger("bridge")
@@ -48,13 +51,52 @@ def run_async(coro_fn: Callable[[], Coroutine[Any, Any, int]]) -> int:
     return uvloop.run(coro_fn())
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.WARNING),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+class JsonFormatter(logging.Formatter):
+    """``--log-format json``: one JSON object per line with time (ISO 8601, UTC), level, logger, message, and
+    the exception's traceback when there is one. json.dumps escapes control characters and non-ASCII, so a
+    peer's or tracker's string cannot break a line or forge another record."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        when = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
+        out: dict[str, Any] = {
+            "time": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            out["exception"] = record.exc_text
+        if record.stack_info:
+            out["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(out)
+
+
+#: the format setup_logging chose; `serve` writes its status lines in it too
+_log_format = "text"
+
+
+def setup_logging(level: str, log_format: str = "text") -> None:
+    global _log_format
+    _log_format = log_format
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.WARNING), handlers=[handler])
     logging.getLogger("aiohttp").setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def status(message: str, logger: str = "bridge") -> None:
+    """A line for the operator on stderr, whatever the log level: plain text, or a JSON record (level INFO)
+    with --log-format json so that the whole stream stays machine-readable."""
+    if _log_format == "json":
+        record = logging.LogRecord(logger, logging.INFO, __file__, 0, message, None, None)
+        print(JsonFormatter().format(record), file=sys.stderr, flush=True)
+    else:
+        print(message, file=sys.stderr, flush=True)
 
 
 def load_torrent_file(path: str) -> Metainfo:
@@ -391,25 +433,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_async(run)
 
 
+def serve_settings(args: argparse.Namespace) -> Settings:
+    """`serve`'s settings: the flags given on the command line > BRIDGE_* > the TOML file > defaults."""
+    flags = {spec.key: getattr(args, spec.key) for spec in SPECS if getattr(args, spec.key, None) is not None}
+    return resolve(flags, os.environ, config=getattr(args, "config", None))
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from .daemon import Daemon, ServeOptions
 
-    for port in (args.http_port, args.port, args.tracker_port):
-        check_port(port)
-    if args.no_utp and args.no_tcp:
-        raise UsageError("--no-utp and --no-tcp together leave no way to reach peers")
-    token = args.api_token or os.environ.get("BRIDGE_API_TOKEN") or None
+    settings: Settings = getattr(args, "settings", None) or serve_settings(args)
     options = ServeOptions(
-        host=args.host, http_port=args.http_port, data_dir=args.data_dir,
-        state_dir=args.state_dir or os.path.join(args.data_dir, ".webtorrent-bridge"),
-        tracker=args.tracker, tracker_port=args.tracker_port, api_token=token, recheck=args.recheck,
-        extra_trackers=tuple(args.announce or ()),
+        host=settings.host, http_port=settings.http_port, data_dir=settings.data_dir,
+        state_dir=settings.state_dir, tracker=settings.tracker, tracker_port=settings.tracker_port,
+        api_token=settings.api_token, recheck=settings.recheck, extra_trackers=settings.announce,
     )
-    session = SessionConfig(
-        host=args.peer_host, port=args.port, utp=not args.no_utp, tcp=not args.no_tcp,
-        peer=PeerConfig(encryption=args.encryption), webrtc=not args.no_webrtc,
-        ice_servers=tuple(args.ice_server or ()), webrtc_hosts=tuple(args.webrtc_host or ()),
-    )
+    session = settings.session_config()
+    if settings.config_file:
+        log.info("settings from %s (flags and BRIDGE_* override it)", settings.config_file)
 
     async def run() -> int:
         stop = asyncio.Event()
@@ -424,17 +465,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
             await daemon.close()
             raise UsageError(f"cannot listen: {e.strerror or e}") from None
         assert daemon.http is not None
-        print(f"listening on {daemon.session.listen_host}:{daemon.session.listen_port}", file=sys.stderr)
-        print(f"API, page and streams: {daemon.http.url}/  (API: {daemon.http.url}/api/v1/)", file=sys.stderr)
+        status(f"listening on {daemon.session.listen_host}:{daemon.session.listen_port}")
+        status(f"API, page and streams: {daemon.http.url}/  (API: {daemon.http.url}/api/v1/)")
         if daemon.tracker is not None:
-            print(f"tracker: {daemon.tracker.ws_url}", file=sys.stderr)
-        print(f"{len(daemon.entries)} torrent(s) from {options.state_dir}", file=sys.stderr, flush=True)
+            status(f"tracker: {daemon.tracker.ws_url}")
+        status(f"{len(daemon.entries)} torrent(s) from {options.state_dir}")
         await stop.wait()
-        print("stopping ...", file=sys.stderr, flush=True)
+        status("stopping ...")
         await daemon.close()
         return 0
 
     return run_async(run)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    if not args.print:
+        raise UsageError("config: nothing to do; --print shows the effective settings of `serve`")
+    settings: Settings = getattr(args, "settings", None) or serve_settings(args)
+    sys.stdout.write(settings.to_toml())
+    return 0
 
 
 # ----------------------------------------------------------------------------------------- parser
@@ -461,6 +510,35 @@ def _add_net_options(p: argparse.ArgumentParser) -> None:
                         "require, or off")
 
 
+SETTINGS_HELP = ("Every setting also comes from the environment (BRIDGE_<KEY>, e.g. BRIDGE_HTTP_PORT; lists "
+                 "comma-separated) or a TOML file (--config F or BRIDGE_CONFIG; keys as in "
+                 "deploy/bridge.example.toml); flags override the environment, which overrides the file.")
+
+#: metavars of the serve options that take a value
+_SERVE_METAVARS = {"host": "ADDR", "peer_host": "ADDR", "data_dir": "D", "state_dir": "S", "api_token": "TOKEN",
+                   "announce": "URL", "ice_servers": "URL", "webrtc_hosts": "ADDR", "encryption": "MODE"}
+
+
+def _add_serve_options(p: argparse.ArgumentParser) -> None:
+    """The flags of `serve` (and `config --print`), one per setting. Defaults are SUPPRESS: only a flag
+    actually given overrides the environment and the file."""
+    p.add_argument("--config", metavar="FILE", help="TOML settings file (or BRIDGE_CONFIG)")
+    for spec in SPECS:
+        if spec.key == "log_format":  # a global option (every command logs)
+            continue
+        default = "" if spec.default in (None, ()) else f"; default {str(spec.default).lower()}"
+        help_text = f"{spec.help} [{spec.key}, {spec.env}{default}]".replace("%", "%%")
+        if spec.kind == "bool":
+            p.add_argument(spec.flag, dest=spec.key, action=argparse.BooleanOptionalAction,
+                           default=argparse.SUPPRESS, help=help_text)
+        elif spec.kind == "list":
+            p.add_argument(spec.flag, dest=spec.key, action="append", default=argparse.SUPPRESS,
+                           metavar=_SERVE_METAVARS.get(spec.key, "VALUE"), help=help_text + " (repeatable)")
+        else:
+            p.add_argument(spec.flag, dest=spec.key, default=argparse.SUPPRESS,
+                           metavar=_SERVE_METAVARS.get(spec.key, "N"), help=help_text)
+
+
 def _sub_parser(common: argparse.ArgumentParser) -> type[argparse.ArgumentParser]:
     class SubParser(argparse.ArgumentParser):
         def __init__(self, *a: Any, **kw: Any) -> None:
@@ -483,6 +561,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="log level")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="log level")
+    common.add_argument("--log-format", choices=LOG_FORMATS, default=argparse.SUPPRESS,
+                        help="log lines as text or JSON objects (or BRIDGE_LOG_FORMAT)")
+    parser.add_argument("--log-format", choices=LOG_FORMATS,
+                        help="log lines as text (default) or one JSON object per line (or BRIDGE_LOG_FORMAT)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_sub_parser(common))
 
     p = sub.add_parser("create", help="create a .torrent and print its magnet URI")
@@ -519,28 +601,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tracker)
 
     p = sub.add_parser("serve", help="run as a long-lived seedbox with a JSON API, web page and streaming",
-                       description="Many torrents in one process, kept across restarts, managed over HTTP.")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address of the API, page and streams (default 127.0.0.1; anything else needs a token)")
-    p.add_argument("--http-port", type=int, default=8080, help="port of the API, page and streams (default 8080)")
-    p.add_argument("--port", type=int, default=6881, help="peer port, TCP and uTP (default 6881)")
-    p.add_argument("--peer-host", default="0.0.0.0", help="address peers connect to (default 0.0.0.0)")
-    p.add_argument("--data-dir", default=".", metavar="D", help="torrents' data goes to D/<name> (default .)")
-    p.add_argument("--state-dir", metavar="S", help="records and resume data (default D/.webtorrent-bridge)")
-    p.add_argument("--tracker", action="store_true", help="also run the embedded tracker and announce to it")
-    p.add_argument("--tracker-port", type=int, default=8000, help="port of the embedded tracker (default 8000)")
-    p.add_argument("--api-token", metavar="TOKEN",
-                   help="bearer token for the API (or the BRIDGE_API_TOKEN environment variable)")
-    p.add_argument("--recheck", action="store_true", help="hash all data at start (default: trust resume data "
-                                                          "whose files' sizes and mtimes are unchanged)")
-    p.add_argument("--announce", action="append", metavar="URL", help="tracker added to every torrent")
-    p.add_argument("--no-webrtc", action="store_true", help="do not join the WebTorrent (browser) swarm")
-    p.add_argument("--no-utp", action="store_true", help="TCP only")
-    p.add_argument("--no-tcp", action="store_true", help="uTP only")
-    p.add_argument("--ice-server", action="append", metavar="URL", help="STUN/TURN server for WebRTC")
-    p.add_argument("--webrtc-host", action="append", metavar="ADDR", help="address WebRTC gathers candidates on")
-    p.add_argument("--encryption", choices=["allow", "prefer", "require", "off"], default="allow", help="MSE/PE")
+                       description="Many torrents in one process, kept across restarts, managed over HTTP. "
+                                   + SETTINGS_HELP)
+    _add_serve_options(p)
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("config", help="show the effective settings of `serve` (--print)",
+                       description="Resolve the settings of `serve` as it would and print them as TOML, each "
+                                   "with where it came from. " + SETTINGS_HELP)
+    p.add_argument("--print", action="store_true", help="print the effective settings as TOML (token masked)")
+    _add_serve_options(p)
+    p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("demo", help="play a video in the browser through the bridge, all on this machine",
                        description="Seed a sample video (or SOURCE), start the embedded tracker and the HTTP "
@@ -570,10 +641,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     level = args.log_level or ("debug" if args.verbose >= 2 else "info" if args.verbose == 1 else "warning")
-    setup_logging(level)
+    try:
+        if args.command in ("serve", "config"):
+            # resolved before logging is set up: the environment or the file may choose the log format
+            args.settings = serve_settings(args)
+            log_format = args.settings.log_format
+        else:
+            log_format = resolve_log_format(args.log_format, os.environ)
+    except SettingsError as e:
+        print(f"webtorrent-bridge: error: {e}", file=sys.stderr)
+        return 2
+    setup_logging(level, log_format)
     try:
         return int(args.func(args))
-    except UsageError as e:
+    except (UsageError, SettingsError) as e:
         print(f"webtorrent-bridge: error: {e}", file=sys.stderr)
         return 2
     except BridgeError as e:

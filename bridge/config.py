@@ -58,3 +58,9 @@ class SessionConfig:
     #: Local addresses WebRTC gathers candidates on; empty means every interface except loopback
     #: (a loopback-only host or test must name 127.0.0.1).
     webrtc_hosts: tuple[str, ...] = ()
+    #: Upload limit in bytes per second for the whole session, all torrents and peer kinds together
+    #: (TCP, uTP and WebRTC payload); 0 means unlimited.
+    upload_rate_limit: int = 0
+    #: Download limit in bytes per second for the whole session, like ``upload_rate_limit``; 0 means
+    #: unlimited.
+    download_rate_limit: int = 0

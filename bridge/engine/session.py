@@ -73,8 +73,8 @@ class Session:
         self._no_utp: set[tuple[str, int]] = set()
         #: process-wide rate limits (bytes/s, 0 unlimited), shared by every peer of every torrent
         now = time.monotonic()
-        self.upload_limit = TokenBucket(int(getattr(self.config, "upload_rate_limit", 0)), now)
-        self.download_limit = TokenBucket(int(getattr(self.config, "download_rate_limit", 0)), now)
+        self.upload_limit = TokenBucket(self.config.upload_rate_limit, now)
+        self.download_limit = TokenBucket(self.config.download_rate_limit, now)
 
     async def start(self) -> None:
         cfg = self.config

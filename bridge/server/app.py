@@ -54,7 +54,9 @@ def make_app(session: Session, web_root: Path | None = None, options: StreamOpti
     return app
 
 
-def _add_page_routes(app: web.Application, root: Path) -> None:
+def _add_page_routes(app: web.Application, root: Path, index: str = "index.html") -> None:
+    """Top-level files of ``root`` by name, WebTorrent's bundle, and ``index`` at ``/`` (the demo's player
+    is index.html; `serve` puts its torrent list there and keeps the player at /index.html)."""
     files: dict[str, tuple[Path, str]] = {}
     for entry in sorted(root.iterdir()) if root.is_dir() else []:
         ctype = _STATIC_SUFFIXES.get(entry.suffix.lower())
@@ -65,7 +67,7 @@ def _add_page_routes(app: web.Application, root: Path) -> None:
         files[name] = (dist / dist_name, "text/javascript; charset=utf-8")
 
     async def serve(request: web.Request) -> web.StreamResponse:
-        name = request.match_info.get("name") or "index.html"
+        name = request.match_info.get("name") or index
         found = files.get(name)
         if found is None:
             raise web.HTTPNotFound(text="not found\n")
@@ -135,7 +137,7 @@ async def start_api_server(daemon: Any, host: str, port: int, *, web_root: Path 
     add_stream_routes(app, daemon.session)
     root = web_root if web_root is not None else default_web_root()
     if root is not None:
-        _add_page_routes(app, root)
+        _add_page_routes(app, root, index="ui.html")
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)

@@ -562,7 +562,7 @@ function trackerForBrowser () {
 }
 
 // The player page with the torrent's magnet, plus the bridge's tracker (WebRTC) and its web seed
-// (plain HTTP from this server), so the video plays even where WebRTC cannot connect.
+// and metadata (plain HTTP from this server), so the video plays even where WebRTC cannot connect.
 function playerUrl (t) {
   let magnet = typeof t.magnet === 'string' && /^magnet:\?/i.test(t.magnet) ? t.magnet : `magnet:?xt=urn:btih:${t.infohash}`
   const tracker = trackerForBrowser()
@@ -570,6 +570,9 @@ function playerUrl (t) {
   if (tracker && !existing.getAll('tr').includes(tracker)) magnet += `&tr=${encodeURIComponent(tracker)}`
   const seed = `${window.location.origin}/torrents/${t.infohash}/files/`
   if (!existing.getAll('ws').includes(seed)) magnet += `&ws=${encodeURIComponent(seed)}`
+  // The metadata too, over plain HTTP (WebTorrent fetches xs=): no peer is needed to start.
+  const source = `${window.location.origin}/torrents/${t.infohash}.torrent`
+  if (!existing.getAll('xs').includes(source)) magnet += `&xs=${encodeURIComponent(source)}`
   return `/index.html?magnet=${encodeURIComponent(magnet)}`
 }
 

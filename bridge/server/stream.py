@@ -105,6 +105,21 @@ class _Streamer:
         self._cors(headers)
         return cls(text=text + "\n", headers=headers)
 
+    async def torrent_file(self, request: web.Request) -> web.Response:
+        """The torrent's metainfo (info dict and web seed), for a magnet's ``xs=``: a page can start
+        without any peer. Public, like the files themselves."""
+        from ..proto.metainfo import build_torrent
+
+        torrent = self.session.torrents.get(bytes.fromhex(request.match_info["infohash"]))
+        if torrent is None:
+            raise self._error(web.HTTPNotFound, "no such torrent here")
+        base = f"{request.scheme}://{request.host}/torrents/{torrent.info_hash.hex()}/files/"
+        body = build_torrent(torrent.info, torrent.trackers, [base, *torrent.web_seed_urls])
+        headers = {"Content-Type": "application/x-bittorrent",
+                   "Content-Disposition": f'attachment; filename="{torrent.info_hash.hex()}.torrent"'}
+        self._cors(headers)
+        return web.Response(body=body, headers=headers)
+
     async def options(self, request: web.Request) -> web.Response:
         headers: dict[str, str] = {"Allow": "GET, HEAD, OPTIONS"}
         if self.opts.cors_origin:
@@ -217,6 +232,7 @@ def _if_range_ok(if_range: str | None, etag: str) -> bool:
 
 def add_stream_routes(app: web.Application, session: Session, options: StreamOptions | None = None) -> None:
     streamer = _Streamer(session, options or StreamOptions())
+    app.router.add_get("/torrents/{infohash:[0-9a-fA-F]{40}}.torrent", streamer.torrent_file)
     path = "/torrents/{infohash}/files/{path:.+}"
     app.router.add_get(path, streamer.get)  # aiohttp adds HEAD for GET routes
     app.router.add_route("OPTIONS", path, streamer.options)

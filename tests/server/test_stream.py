@@ -185,3 +185,20 @@ async def test_streaming_a_large_file_keeps_memory_flat(tmp_path, http) -> None:
     finally:
         await server.close()
         await session.aclose()
+
+
+async def test_the_metainfo_is_served_for_a_magnets_xs(tmp_path, http) -> None:
+    from bridge.proto.metainfo import parse_torrent
+
+    session, torrent, server = await seeded(tmp_path, {"a.bin": 3 * PIECE})
+    try:
+        async with http.get(f"{server.url}/torrents/{torrent.info_hash.hex()}.torrent") as r:
+            assert r.status == 200 and r.headers["Content-Type"] == "application/x-bittorrent"
+            meta = parse_torrent(await r.read())
+        assert meta.info.info_hash == torrent.info_hash
+        assert meta.url_list[0] == f"{server.url}/torrents/{torrent.info_hash.hex()}/files/"
+        async with http.get(f"{server.url}/torrents/{'00' * 20}.torrent") as r:
+            assert r.status == 404
+    finally:
+        await server.close()
+        await session.aclose()

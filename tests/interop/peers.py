@@ -964,6 +964,7 @@ class LibtorrentPeer:
                 fail(f"libtorrent torrent error: {st.errc.message()}\n" + _with_context(context)
                      + self.log_excerpt())
             if st.is_seeding or st.is_finished:
+                self._flush(handle)
                 return st
             now = time.monotonic()
             if peers and now >= next_dial:
@@ -976,6 +977,18 @@ class LibtorrentPeer:
                      f"{st.total_payload_download} bytes in)\n" + _with_context(context)
                      + self.log_excerpt())
             time.sleep(0.1)
+
+    def _flush(self, handle: Any, timeout: float = 15.0) -> None:
+        """Wait until libtorrent has written every downloaded piece to disk. A piece counts as had once
+        hashed, which can be before its disk write ends: comparing files right away may read old data."""
+        handle.flush_cache()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for a in self.pump_alerts():
+                if isinstance(a, self.lt.cache_flushed_alert) and a.handle == handle:
+                    return
+            time.sleep(0.02)
+        fail(f"libtorrent did not flush its disk cache within {timeout:.0f} s\n" + self.log_excerpt())
 
     def wait_announced(self, handle: Any, timeout: float = STARTUP_TIMEOUT) -> None:
         """Wait for a successful tracker reply for ``handle``."""

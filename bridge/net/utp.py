@@ -210,6 +210,13 @@ class UtpSocket(asyncio.DatagramProtocol):
             return
         now = self._loop.time()
         t = self._conns.get((address, header.connection_id))
+        if t is None and header.type == p.ST_RESET:
+            # libutp answers a connection it does not know with a RESET carrying *our* send_id.
+            for rid in ((header.connection_id - 1) & 0xFFFF, (header.connection_id + 1) & 0xFFFF):
+                cand = self._conns.get((address, rid))
+                if cand is not None and cand.conn.send_id == header.connection_id:
+                    t = cand
+                    break
         if t is None:
             if header.type != p.ST_SYN or not self._accept or self._on_incoming is None:
                 self.dropped += 1
@@ -218,7 +225,7 @@ class UtpSocket(asyncio.DatagramProtocol):
                 self.dropped += 1
                 return
             try:
-                conn = p.UtpConnection.accept(data, now, self._rng)
+                conn = p.UtpConnection.accept(data, now, self._rng, mtu=self._mtu(address))
             except Exception as e:  # a malformed SYN: nothing to answer
                 log.debug("uTP SYN from %s refused: %s", address, e)
                 self.dropped += 1
@@ -258,10 +265,10 @@ class UtpSocket(asyncio.DatagramProtocol):
             raise ConnectionError("the uTP socket is closed")
         if len(self._conns) >= MAX_CONNECTIONS:
             raise ConnectionError("too many uTP connections")
-        conn = p.UtpConnection.connect(self._loop.time(), self._rng)
+        conn = p.UtpConnection.connect(self._loop.time(), self._rng, mtu=self._mtu(address))
         key = (address, conn.recv_id)
         while key in self._conns:  # a 16-bit id may collide
-            conn = p.UtpConnection.connect(self._loop.time(), self._rng)
+            conn = p.UtpConnection.connect(self._loop.time(), self._rng, mtu=self._mtu(address))
             key = (address, conn.recv_id)
         t = UtpTransport(self, address, conn)
         self._conns[key] = t
@@ -273,6 +280,11 @@ class UtpSocket(asyncio.DatagramProtocol):
             t.abort()
             raise
         return t
+
+    @staticmethod
+    def _mtu(address: Address) -> int:
+        """Largest UDP payload for this peer: IPv6 paths are assumed to carry less."""
+        return p.UDP_IPV6_MTU if ":" in address[0] else p.UDP_IPV4_MTU
 
     def _forget(self, t: UtpTransport) -> None:
         # Keep driving a connection until its state machine is done (FIN/RESET retransmits), then drop it.

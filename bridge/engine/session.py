@@ -44,8 +44,9 @@ UTP_CONNECT_TIMEOUT = 4.0
 #: Seconds uTP has to open a connection before TCP is tried as well (the first to finish wins). A peer
 #: without uTP then costs half a second, not UTP_CONNECT_TIMEOUT.
 UTP_HEAD_START = 0.5
-#: Addresses remembered as not answering uTP (dialled over TCP only from then on).
+#: Addresses remembered as not answering uTP (dialled over TCP only for NO_UTP_TTL seconds).
 MAX_NO_UTP = 4096
+NO_UTP_TTL = 1800.0
 
 
 def make_peer_id() -> bytes:
@@ -70,7 +71,8 @@ class Session:
         self.ws_pool: WsTrackerPool | None = None
         #: the UDP side of the listen port: uTP connections (None with utp off)
         self.utp: UtpSocket | None = None
-        self._no_utp: set[tuple[str, int]] = set()
+        #: addresses whose uTP SYN went unanswered -> when to try uTP again
+        self._no_utp: dict[tuple[str, int], float] = {}
         #: process-wide rate limits (bytes/s, 0 unlimited), shared by every peer of every torrent
         now = time.monotonic()
         self.upload_limit = TokenBucket(self.config.upload_rate_limit, now)
@@ -208,7 +210,12 @@ class Session:
     async def dial(self, host: str, port: int, ours: ev.Handshake, cfg: PeerConfig) -> Opened:
         """Open a peer connection, uTP first (most classic swarms prefer it): TCP starts too if uTP has not
         finished the handshakes within UTP_HEAD_START seconds, and the first to finish wins."""
-        use_utp = self.config.utp and self.utp is not None and (host, port) not in self._no_utp
+        expiry = self._no_utp.get((host, port))
+        if expiry is not None and expiry < time.monotonic():
+            del self._no_utp[(host, port)]
+            expiry = None
+        # Without TCP, uTP is always tried: a peer that was silent once may answer now.
+        use_utp = self.config.utp and self.utp is not None and (expiry is None or not self.config.tcp)
         if not use_utp:
             if not self.config.tcp:
                 raise ConnectionError("uTP is unavailable for this peer and TCP is off")
@@ -236,8 +243,10 @@ class Session:
                         winner = task.result()
                         return winner
                     if attempts[task] == "uTP":
-                        if len(self._no_utp) < MAX_NO_UTP:
-                            self._no_utp.add((host, port))
+                        # Only silence means "no uTP here": a peer that answered (even by closing,
+                        # as one whose torrent is not started yet does) speaks it.
+                        if isinstance(exc, TimeoutError) and len(self._no_utp) < MAX_NO_UTP:
+                            self._no_utp[(host, port)] = time.monotonic() + NO_UTP_TTL
                         if self.config.tcp and len(attempts) == 1:
                             tcp = asyncio.ensure_future(dial(host, port, ours, cfg))
                             attempts[tcp] = "TCP"

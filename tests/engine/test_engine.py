@@ -226,3 +226,45 @@ async def test_upload_and_download_limits_pace_a_transfer(tmp_path):
         finally:
             await leecher.aclose()
             await seeder.aclose()
+
+
+async def test_one_peer_over_tcp_and_utp_at_once_keeps_one_connection(tmp_path):
+    """The same peer reached twice, over TCP and over uTP: detected by peer id, one connection dropped."""
+    import time
+
+    from bridge.engine.handshake import dial
+    from bridge.swarm.ratelimit import TokenBucket
+
+    info = make_torrent(str(tmp_path / "src"), {"a.bin": 64 * PIECE})
+    seeder, leecher = Session(loopback()), Session(loopback())
+    await seeder.start()
+    await leecher.start()
+    seeder.upload_limit = TokenBucket(1_000_000, time.monotonic())  # keep the first connection busy ~2 s
+    try:
+        st = await seeder.add_torrent(info, tmp_path / "src", seed=True)
+        lt = await leecher.add_torrent(info, tmp_path / "dl")
+        host, port = "127.0.0.1", seeder.listen_port
+        assert leecher.utp is not None
+        utp = leecher.utp
+
+        async def open_utp(h: str, p: int, timeout: float):
+            return await utp.connect((h, p), timeout)
+
+        async with asyncio.timeout(15):
+            over_tcp = await dial(host, port, lt.our_handshake(), lt.config)
+            over_utp = await dial(host, port, lt.our_handshake(), lt.config, open_utp)
+            assert over_tcp.transport.kind == "tcp" and over_utp.transport.kind == "utp"
+            first = asyncio.create_task(lt.run_peer(over_tcp.transport, over_tcp.wire, over_tcp.handshake,
+                                                    over_tcp.pending, address=(host, port)))
+            while not lt.peers:
+                await asyncio.sleep(0.01)
+            await lt.run_peer(over_utp.transport, over_utp.wire, over_utp.handshake, over_utp.pending,
+                              address=(host, port))  # refused at once: same peer id
+            assert [p.kind for p in lt.peers] == ["tcp"]
+            await lt.completed.wait()
+            while len(st.peers) > 1:  # the seeder sees the uTP one close
+                await asyncio.sleep(0.01)
+        first.cancel()
+    finally:
+        await leecher.aclose()
+        await seeder.aclose()

@@ -629,6 +629,10 @@ function watchTorrent (torrent, session) {
 }
 
 function pickFile (files) {
+  // ?file=<path in the torrent> picks one file (a torrent with several videos); else the first video.
+  const wanted = params.get('file')
+  const chosen = wanted ? files.find(f => f.path === wanted) : null
+  if (chosen) return { file: chosen, isVideo: VIDEO_EXTENSIONS.some(ext => chosen.name.toLowerCase().endsWith(ext)) }
   const video = files.find(f => VIDEO_EXTENSIONS.some(ext => f.name.toLowerCase().endsWith(ext)))
   if (video) return { file: video, isVideo: true }
   const largest = files.reduce((a, b) => (b.length > a.length ? b : a), files[0])

@@ -563,7 +563,7 @@ function trackerForBrowser () {
 
 // The player page with the torrent's magnet, plus the bridge's tracker (WebRTC) and its web seed
 // and metadata (plain HTTP from this server), so the video plays even where WebRTC cannot connect.
-function playerUrl (t) {
+function playerUrl (t, path) {
   let magnet = typeof t.magnet === 'string' && /^magnet:\?/i.test(t.magnet) ? t.magnet : `magnet:?xt=urn:btih:${t.infohash}`
   const tracker = trackerForBrowser()
   const existing = new URLSearchParams(magnet.slice(magnet.indexOf('?') + 1))
@@ -573,7 +573,8 @@ function playerUrl (t) {
   // The metadata too, over plain HTTP (WebTorrent fetches xs=): no peer is needed to start.
   const source = `${window.location.origin}/torrents/${t.infohash}.torrent`
   if (!existing.getAll('xs').includes(source)) magnet += `&xs=${encodeURIComponent(source)}`
-  return `/index.html?magnet=${encodeURIComponent(magnet)}`
+  const file = path ? `&file=${encodeURIComponent(path)}` : ''
+  return `/index.html?magnet=${encodeURIComponent(magnet)}${file}`
 }
 
 function renderFiles (t) {
@@ -598,10 +599,10 @@ function renderFiles (t) {
       const play = document.createElement('a')
       play.className = 'f-play'
       play.textContent = 'play'
-      play.href = playerUrl(t)
+      play.href = playerUrl(t, f.path)
       play.target = '_blank'
       play.rel = 'noopener'
-      play.title = 'Play in the browser over WebTorrent (the player opens the first video of the torrent)'
+      play.title = 'Play in the browser over WebTorrent'
       links.append(play)
     }
     if (url) {

@@ -193,7 +193,7 @@ class UtpSocket(asyncio.DatagramProtocol):
             self.family = int(sock.family)
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        address: Address = (str(addr[0]), int(addr[1]))
+        address: Address = (addr[0], addr[1])
         if not p.looks_like_utp(data):
             subscribers = self._subscribers.get(address)
             if subscribers:
@@ -204,21 +204,23 @@ class UtpSocket(asyncio.DatagramProtocol):
             else:
                 self.dropped += 1
             return
-        header = p.parse_header(data)
-        if header is None:
+        if len(data) < p.HEADER_SIZE:
             self.dropped += 1
             return
+        # The hot path (once per datagram): type and connection id straight from the bytes.
+        kind = data[0] >> 4
+        cid = (data[2] << 8) | data[3]
         now = self._loop.time()
-        t = self._conns.get((address, header.connection_id))
-        if t is None and header.type == p.ST_RESET:
+        t = self._conns.get((address, cid))
+        if t is None and kind == p.ST_RESET:
             # libutp answers a connection it does not know with a RESET carrying *our* send_id.
-            for rid in ((header.connection_id - 1) & 0xFFFF, (header.connection_id + 1) & 0xFFFF):
+            for rid in ((cid - 1) & 0xFFFF, (cid + 1) & 0xFFFF):
                 cand = self._conns.get((address, rid))
-                if cand is not None and cand.conn.send_id == header.connection_id:
+                if cand is not None and cand.conn.send_id == cid:
                     t = cand
                     break
         if t is None:
-            if header.type != p.ST_SYN or not self._accept or self._on_incoming is None:
+            if kind != p.ST_SYN or not self._accept or self._on_incoming is None:
                 self.dropped += 1
                 return
             if len(self._conns) >= MAX_CONNECTIONS:

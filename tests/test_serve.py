@@ -234,3 +234,30 @@ def test_torrents_survive_restart_and_kill_9_without_downloading_a_verified_piec
 
 def listed_key(listed: dict[str, Any], name: str) -> str:
     return next(ih for ih, t in listed.items() if t["name"] == name)
+
+
+def test_add_by_url_fetches_the_torrent_over_http(tmp_path: Path, harness: peers.Harness) -> None:
+    import functools
+    import http.server
+    import threading
+
+    data = tmp_path / "pub" / "x.bin"
+    data.parent.mkdir()
+    data.write_bytes(os.urandom(50_000))
+    torrent = harness.torrent(data, piece_length=16 * 1024)
+    (tmp_path / "pub" / "x.torrent").write_bytes(torrent.path.read_bytes())
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "pub"))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    s = Serve(tmp_path)
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}"
+        status, t = s.call("POST", "/api/v1/torrents", {"url": url + "/x.torrent", "paused": True})
+        assert status == 201 and t["infohash"] == torrent.info_hash_hex, t
+        status, err = s.call("POST", "/api/v1/torrents", {"url": url + "/missing.torrent"})
+        assert status == 502 and "404" in err["error"], err
+        status, err = s.call("POST", "/api/v1/torrents", {"url": url + "/x.bin"})
+        assert status == 400 and "invalid torrent" in err["error"], err
+    finally:
+        httpd.shutdown()
+        assert s.stop() == 0, s.logs()

@@ -109,6 +109,12 @@ async def start_http_server(session: Session, host: str = "127.0.0.1", port: int
     """Serve streaming (and the demo page when ``web/`` is found) on ``host:port``. Raises OSError when
     the address cannot be bound."""
     app = make_app(session, web_root, options)
+    server = await _serve(app, host, port)
+    log.info("HTTP server on %s:%d", host, server.port)
+    return server
+
+
+async def _serve(app: web.Application, host: str, port: int) -> HttpServer:
     # handler_cancellation: a client that disconnects while its request waits for a piece cancels the
     # handler, which closes its reader and so gives the piece priorities back at once.
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
@@ -119,10 +125,8 @@ async def start_http_server(session: Session, host: str = "127.0.0.1", port: int
     except OSError:
         await runner.cleanup()
         raise
-    server = site._server
-    sockets = getattr(server, "sockets", None) or []
+    sockets = getattr(site._server, "sockets", None) or []
     bound = sockets[0].getsockname()[1] if sockets else port
-    log.info("HTTP server on %s:%d", host, bound)
     return HttpServer(runner, host, bound)
 
 
@@ -138,15 +142,6 @@ async def start_api_server(daemon: Any, host: str, port: int, *, web_root: Path 
     root = web_root if web_root is not None else default_web_root()
     if root is not None:
         _add_page_routes(app, root, index="ui.html")
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    try:
-        await site.start()
-    except OSError:
-        await runner.cleanup()
-        raise
-    sockets = getattr(site._server, "sockets", None) or []
-    bound = sockets[0].getsockname()[1] if sockets else port
-    log.info("API and streams on %s:%d", host, bound)
-    return HttpServer(runner, host, bound)
+    server = await _serve(app, host, port)
+    log.info("API and streams on %s:%d", host, server.port)
+    return server

@@ -31,18 +31,10 @@ from peers import (
     tree_sha256,
 )
 from qbittorrent import QBittorrent, is_utp, start_qbittorrent
+from test_utp_interop import UTP_ONLY
 
 pytestmark = pytest.mark.interop
 
-#: libtorrent with TCP off both ways and uTP on, with socket buffers that do not drop packets.
-UTP_ONLY = {
-    "enable_outgoing_tcp": False,
-    "enable_incoming_tcp": False,
-    "enable_outgoing_utp": True,
-    "enable_incoming_utp": True,
-    "recv_socket_buffer_size": 4 * 1024 * 1024,
-    "send_socket_buffer_size": 4 * 1024 * 1024,
-}
 
 
 def bridge_utp(harness: Harness, command: str, torrent: TorrentFile, data: Path, peers: Sequence[str] = (),

@@ -13,6 +13,8 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
+import aiohttp.http_exceptions
 from aiohttp import web
 
 from ..proto.metainfo import MAX_TORRENT_SIZE
@@ -105,23 +107,16 @@ class _Api:
 
         fields: dict[str, Any]
         if request.content_type.startswith("multipart/"):
-            fields = {}
-            reader = await request.multipart()
-            async for part in reader:
-                name = getattr(part, "name", None)
-                if name not in ("torrent", "peers", "paused"):
-                    raise ApiError(400, f"unknown form field {str(name)[:40]!r}")
-                data = await part.read()  # type: ignore[union-attr]
-                if name == "torrent":
-                    fields["torrent"] = bytes(data)
-                elif name == "peers":
-                    fields["peers"] = [p for p in bytes(data).decode(errors="replace").split(",") if p.strip()]
-                else:
-                    fields["paused"] = bytes(data).strip().lower() in (b"1", b"true", b"yes")
+            try:
+                fields = await _read_form(request)
+            except ApiError:
+                raise
+            except (ValueError, LookupError, aiohttp.ClientError, aiohttp.http_exceptions.HttpProcessingError) as e:
+                raise ApiError(400, f"the multipart form cannot be read: {str(e)[:200]}") from None
         else:
             try:
                 body = await request.json()
-            except (ValueError, UnicodeDecodeError):
+            except (ValueError, UnicodeDecodeError, LookupError):
                 raise ApiError(400, "the body must be JSON (or a multipart form with a torrent file)") from None
             if not isinstance(body, dict):
                 raise ApiError(400, "the body must be a JSON object")
@@ -171,13 +166,32 @@ class _Api:
         entry = self.d.get(request.match_info["infohash"])
         try:
             body = await request.json()
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, LookupError):
             raise ApiError(400, "the body must be JSON") from None
         prios = body.get("files") if isinstance(body, dict) else None
         if not isinstance(prios, list):
             raise ApiError(400, 'the body must be {"files": [priority per file]}')
         await self.d.set_priorities(entry, prios)
         return _json(self.d.torrent_json(entry, detail=True))
+
+
+async def _read_form(request: web.Request) -> dict[str, Any]:
+    from ..daemon import ApiError
+
+    fields: dict[str, Any] = {}
+    reader = await request.multipart()
+    async for part in reader:
+        name = getattr(part, "name", None)
+        if name not in ("torrent", "peers", "paused"):
+            raise ApiError(400, f"unknown form field {str(name)[:40]!r}")
+        data = await part.read()  # type: ignore[union-attr]
+        if name == "torrent":
+            fields["torrent"] = bytes(data)
+        elif name == "peers":
+            fields["peers"] = [p for p in bytes(data).decode(errors="replace").split(",") if p.strip()]
+        else:
+            fields["paused"] = bytes(data).strip().lower() in (b"1", b"true", b"yes")
+    return fields
 
 
 _TORRENT = {

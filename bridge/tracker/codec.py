@@ -123,11 +123,15 @@ def _query(raw_query: str) -> dict[str, list[bytes]]:
     parts = raw_query.split("&", MAX_QUERY_PARAMS)
     if len(parts) > MAX_QUERY_PARAMS:
         raise TrackerError(f"more than {MAX_QUERY_PARAMS} query parameters")
-    for part in parts:
-        if not part:
-            continue
-        name, _, value = part.partition("=")
-        out.setdefault(urllib.parse.unquote(name), []).append(urllib.parse.unquote_to_bytes(value))
+    try:
+        for part in parts:
+            if not part:
+                continue
+            name, _, value = part.partition("=")
+            out.setdefault(urllib.parse.unquote(name), []).append(urllib.parse.unquote_to_bytes(value))
+    except UnicodeError:
+        # A raw (undecodable) byte reaches us as a lone surrogate with aiohttp's pure-Python parser.
+        raise TrackerError("the query has characters that are not percent-encoded") from None
     return out
 
 

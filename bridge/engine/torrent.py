@@ -120,6 +120,8 @@ class Torrent:
         self.down = RateMeter(now)
         self.up = RateMeter(now)
         self.completed = asyncio.Event()
+        self._left = 0
+        self._left_at = -1  # len(have) when _left was computed; -1: not yet
         self.error: str | None = None
         self.failed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -147,8 +149,13 @@ class Torrent:
 
     @property
     def left(self) -> int:
+        """Bytes of pieces not verified yet (kept as a running count: announces, progress and the API
+        read it often)."""
         have = self.picker.have
-        return sum(self.info.piece_size(i) for i in range(self.info.num_pieces) if i not in have)
+        if self._left_at != len(have):  # pieces were added to ``have`` other than by _verify
+            self._left = sum(self.info.piece_size(i) for i in range(self.info.num_pieces) if i not in have)
+            self._left_at = len(have)
+        return self._left
 
     @property
     def verified_bytes(self) -> int:
@@ -553,6 +560,9 @@ class Torrent:
         kind = self._piece_kind.pop(index, None)
         if ok:
             self.piece_origin[index] = 2 if kind == "webrtc" else 1
+            if index not in self.picker.have and self._left_at == len(self.picker.have):
+                self._left -= self.info.piece_size(index)
+                self._left_at += 1
             self.picker.piece_verified(index)
             waiter = self._piece_waiters.pop(index, None)
             if waiter is not None and not waiter.done():

@@ -60,8 +60,10 @@ async def test_seed_to_leech_multifile(tmp_path):
         st = await seeder.add_torrent(info, tmp_path / "src", seed=True)
         assert st.is_complete
         lt = await leecher.add_torrent(info, tmp_path / "dl", peers=[("127.0.0.1", seeder.listen_port)])
+        assert lt.left + lt.verified_bytes == info.total_length and st.left == 0
         async with asyncio.timeout(30):
             await lt.completed.wait()
+        assert lt.left == 0 and lt.verified_bytes == info.total_length
         assert tree_digest(str(tmp_path / "dl")) == tree_digest(str(tmp_path / "src"))
         assert lt.downloaded >= info.total_length
         assert st.uploaded >= info.total_length

@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["ServeOptions", "Daemon", "ApiError"]
 
+#: Kinds of peer, as the API and metrics count them.
+PEER_KINDS = ("tcp", "utp", "webrtc", "webseed")
 #: Seconds between two saves of resume data (also saved at shutdown and when a torrent completes).
 RESUME_INTERVAL = 30.0
 #: Torrents one serve process takes (each costs memory and file descriptors).
@@ -395,17 +397,20 @@ class Daemon:
             raise ApiError(404, "no such torrent")
         return entry
 
+    @staticmethod
+    def state_of(entry: Entry) -> str:
+        t = entry.torrent
+        if entry.state == "running" and t is not None:
+            return "seeding" if t.is_complete else "downloading"
+        return entry.state
+
     def torrent_json(self, entry: Entry, detail: bool = False) -> dict[str, Any]:
         t = entry.torrent
         info = entry.info
-        kinds = {"tcp": 0, "utp": 0, "webrtc": 0, "webseed": 0}
+        kinds = dict.fromkeys(PEER_KINDS, 0)
         if t is not None:
-            for p in t.peers:
-                kinds[p.kind] = kinds.get(p.kind, 0) + 1
-            kinds["webseed"] = sum(1 for w in t.web_seeds if w.state == "fetching")
-        state = entry.state
-        if state == "running" and t is not None:
-            state = "seeding" if t.is_complete else "downloading"
+            kinds.update(t.peers_by_kind())
+        state = self.state_of(entry)
         size = info.total_length if info is not None else None
         verified = t.verified_bytes if t is not None else 0
         out: dict[str, Any] = {
@@ -446,7 +451,7 @@ class Daemon:
     def stats_json(self) -> dict[str, Any]:
         states: dict[str, int] = {}
         totals = {"download_rate": 0, "upload_rate": 0, "downloaded": 0, "uploaded": 0}
-        peers = {"tcp": 0, "utp": 0, "webrtc": 0, "webseed": 0}
+        peers = dict.fromkeys(PEER_KINDS, 0)
         for entry in self.entries.values():
             j = self.torrent_json(entry)
             states[j["state"]] = states.get(j["state"], 0) + 1

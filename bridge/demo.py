@@ -133,10 +133,7 @@ def page_magnet(info_hash: bytes, name: str, tracker: TrackerServer, http: HttpS
 
 
 def _peer_kinds(t: Torrent) -> str:
-    kinds: dict[str, int] = {}
-    for p in t.peers:
-        kinds[p.kind] = kinds.get(p.kind, 0) + 1
-    return ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) or "no peers"
+    return ", ".join(f"{n} {k}" for k, n in sorted(t.peers_by_kind().items()) if n) or "no peers"
 
 
 def _prepare(source: str | None, kind: str, workdir: str | None, extra: list[list[str]]
@@ -190,8 +187,8 @@ async def run_demo(source: str | None, options: DemoOptions, stop: asyncio.Event
         http = await start_http_server(session, options.host, options.http_port, web_root=web_root)
         torrent: Torrent | None = None
         if meta is not None:
-            trackers = [*map(list, meta.trackers)] if kind == "sample" or kind == "path" else [
-                *map(list, meta.trackers), *extra]
+            # The demo's own tracker, unless the torrent it made already lists it.
+            trackers = [*map(list, meta.trackers), *(t for t in extra if tuple(t) not in meta.trackers)]
             torrent = await session.add_torrent(meta.info, data_dir, trackers=trackers, seed=True,
                                                 web_seeds=meta.url_list,
                                                 progress=Progress("checking").update)

@@ -157,6 +157,12 @@ class Torrent:
             self._left_at = len(have)
         return self._left
 
+    def peers_by_kind(self) -> Counter[str]:
+        """Connected peers by kind: "tcp", "utp", "webrtc", and "webseed" for web seeds fetching now."""
+        kinds: Counter[str] = Counter(p.kind for p in self.peers)
+        kinds["webseed"] = sum(1 for w in self.web_seeds if w.state == "fetching")
+        return kinds
+
     @property
     def verified_bytes(self) -> int:
         return self.info.total_length - self.left

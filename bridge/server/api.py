@@ -61,17 +61,14 @@ def _middleware(token: str | None) -> Callable[[web.Request, Handler], Awaitable
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path == "/metrics":
-            if token and not hmac.compare_digest(request.headers.get("Authorization", "").encode(),
-                                                 f"Bearer {token}".encode()):
-                return _error(401, "missing or wrong token (Authorization: Bearer ...)")
+        path = request.path
+        is_api = path.startswith("/api/")
+        guarded = path == "/metrics" or (is_api and path != "/api/v1/health")
+        if token and guarded and not hmac.compare_digest(request.headers.get("Authorization", "").encode(),
+                                                         f"Bearer {token}".encode()):
+            return _error(401, "missing or wrong API token (Authorization: Bearer ...)")
+        if not is_api:
             return await handler(request)
-        if not request.path.startswith("/api/"):
-            return await handler(request)
-        if token and request.path != "/api/v1/health":
-            given = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                return _error(401, "missing or wrong API token (Authorization: Bearer ...)")
         try:
             return await handler(request)
         except ApiError as e:

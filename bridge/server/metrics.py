@@ -15,15 +15,13 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from ..daemon import PEER_KINDS as KINDS
 from ..engine.announcer import ANNOUNCE_RESULTS
 
 if TYPE_CHECKING:
     from ..daemon import Daemon
 
 __all__ = ["add_metrics_route"]
-
-KINDS = ("tcp", "utp", "webrtc", "webseed")
-
 
 class _Collector:
     def __init__(self, daemon: Daemon) -> None:
@@ -38,7 +36,7 @@ class _Collector:
         peers: Counter[str] = Counter()
         states: Counter[str] = Counter()
         for entry in d.entries.values():
-            states[d.torrent_json(entry)["state"]] += 1
+            states[d.state_of(entry)] += 1
             t = entry.torrent
             if t is None:
                 continue
@@ -46,9 +44,7 @@ class _Collector:
             up.update(t.uploaded_by_kind)
             relayed.update(t.relayed)
             hash_failures += sum(t.hash_failures.values())
-            for p in t.peers:
-                peers[p.kind] += 1
-            peers["webseed"] += sum(1 for w in t.web_seeds if w.state == "fetching")
+            peers.update(t.peers_by_kind())
 
         m = CounterMetricFamily("bridge_payload_downloaded_bytes", "Payload bytes received, by kind of peer",
                                 labels=["kind"])

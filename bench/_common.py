@@ -106,6 +106,29 @@ class Line:
     text: str
 
 
+def lt_version() -> str:
+    import libtorrent as lt
+
+    return str(lt.__version__)
+
+
+def is_json_event(ev: str) -> Callable[[Line], bool]:
+    """A Child.expect predicate: a JSON line on stdout whose "ev" is ``ev`` (or "error")."""
+    def pred(line: Line) -> bool:
+        if line.stream != "out" or not line.text.startswith("{"):
+            return False
+        try:
+            return json.loads(line.text).get("ev") in (ev, "error")
+        except ValueError:
+            return False
+    return pred
+
+
+def write_file(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+
+
 @dataclass
 class Child:
     """A subprocess with both pipes drained into timestamped lines (kept for diagnostics)."""

@@ -39,11 +39,14 @@ from _common import (
     child_env,
     default_piece_length,
     format_table,
+    is_json_event,
     lt_settings_summary,
+    lt_version,
     make_random_file,
     make_torrent_with_libtorrent,
     parse_size,
     sha256_file,
+    write_file,
 )
 
 LT_PEER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_common.py")
@@ -95,17 +98,6 @@ class Setup:
 
 
 # ------------------------------------------------------------------------------------- the sides
-
-
-def is_json_event(ev: str):
-    def pred(line: Line) -> bool:
-        if line.stream != "out" or not line.text.startswith("{"):
-            return False
-        try:
-            return json.loads(line.text).get("ev") in (ev, "error")
-        except ValueError:
-            return False
-    return pred
 
 
 def json_of(line: Line) -> dict:
@@ -300,7 +292,7 @@ async def amain(args: argparse.Namespace, kids: Children) -> int:
                 print(f"  {msg}", file=sys.stderr, flush=True)
         print()
         print(f"TCP throughput on loopback, {platform.python_implementation()} {platform.python_version()}, "
-              f"libtorrent {_lt_version()}, best of {args.repeat} run(s); load average "
+              f"libtorrent {lt_version()}, best of {args.repeat} run(s); load average "
               f"{load0:.1f} before, {os.getloadavg()[0]:.1f} after")
         print()
         print(report(results, keys, s, args.repeat), flush=True)
@@ -314,17 +306,6 @@ async def amain(args: argparse.Namespace, kids: Children) -> int:
             print(f"kept {tmp}", file=sys.stderr)
         else:
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def write_file(path: str, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-
-
-def _lt_version() -> str:
-    import libtorrent as lt
-
-    return str(lt.__version__)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -309,10 +309,7 @@ class Torrent:
                 piece_prio[i] = max(piece_prio[i], prio[fi])
         for i, pr in enumerate(piece_prio):
             self.picker.set_priority(i, pr)
-        for p in self.peers:
-            if not p.am_interested and self.picker.is_interesting(p.bits):
-                p.set_interested(True)
-            p.fill_requests()
+        self._wants_changed()
 
     def set_sequential(self, on: bool) -> None:
         """Download pieces in order (after any reader's deadlines) instead of rarest-first."""
@@ -330,6 +327,11 @@ class Torrent:
         self.picker.set_deadlines(merged)
         if self._stopping or self.error is not None:
             return
+        self._wants_changed()
+
+    def _wants_changed(self) -> None:
+        """What we want changed (priorities, deadlines): tell peers we now want something from, and let
+        every peer request accordingly."""
         for p in self.peers:
             if not p.am_interested and self.picker.is_interesting(p.bits):
                 p.set_interested(True)

@@ -1,19 +1,32 @@
 """uTP over asyncio: one UDP socket drives every uTP connection (bridge/proto/utp.py does the protocol).
 
-:class:`UtpSocket` owns the UDP endpoint on the listen port. It demultiplexes datagrams: uTP ones (by
+:class:`UtpSocket` owns the UDP socket of the listen port. It demultiplexes datagrams: uTP ones (by
 their first byte) go to the connection keyed by (address, connection id), a SYN from a new peer makes an
 incoming connection, and anything else goes to ``on_other`` (UDP tracker replies, later the DHT). One
 timer per socket drives all connections. Each connection is exposed as a :class:`UtpTransport`, the same
 byte-stream PeerTransport that TCP and WebRTC peers use.
+
+Per-datagram cost bounds uTP in Python, so the socket is read and written directly (``loop.add_reader``,
+non-blocking ``recvfrom_into``/``sendmsg``) rather than through an asyncio datagram transport:
+
+* one wake-up reads every waiting datagram (up to READ_BATCH_BYTES), and the connections answer once
+  for the whole batch, so one ACK covers many data packets;
+* on Linux, UDP generic segmentation offload (``UDP_SEGMENT``) sends a run of equal-size datagrams to
+  one peer in one system call, and generic receive offload (``UDP_GRO``) hands us many datagrams of one
+  flow in one read. On the wire they are ordinary datagrams, so peers see no difference. Where the kernel
+  refuses either, the socket falls back to one datagram per call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import random
 import socket
+import struct
+import sys
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -32,11 +45,26 @@ UDP_SOCKET_BUFFER = 4 * 1024 * 1024
 MAX_CONNECTIONS = 2000
 #: Seconds a connect() waits for the handshake before giving up (libutp's SYN retries take about this).
 CONNECT_TIMEOUT = 10.0
-#: Bytes a connection may have queued or in flight before write() waits (back-pressure).
+#: Bytes a connection may have queued (not yet sent) before write() waits (back-pressure). What is in flight
+#: besides is bounded by the congestion window and the peer's receive window.
 WRITE_HIGH_WATER = 1024 * 1024
-#: Bytes received and not yet read by the peer task before the advertised window closes (via
-#: data_consumed, which is only called as the reader takes data).
-READ_QUEUE_LIMIT = 1024 * 1024
+#: Bytes read in one wake-up before the connections answer (ACKs, window updates) and other tasks run:
+#: ACKs go out at least every 256 KiB (about 190 packets), so a sender is never left waiting for one big batch.
+READ_BATCH_BYTES = 256 * 1024
+#: Largest UDP payload read at once: a whole GRO batch (64 KiB of coalesced datagrams).
+RECV_BUFFER_SIZE = 65536
+#: Datagrams queued in user space when the kernel's send buffer is full, before more are dropped (uTP
+#: resends what is lost; this only rides out a short burst).
+SEND_BACKLOG_LIMIT = 4 * 1024 * 1024
+#: Linux socket options (include/uapi/linux/udp.h); Python's socket module does not name them.
+UDP_SEGMENT = 103
+UDP_GRO = 104
+#: Most datagrams in one GSO send (the kernel's UDP_MAX_SEGMENTS was 64 before Linux 5.16) and most bytes
+#: (an IPv4 datagram's 65,507-byte payload limit, with room to spare).
+GSO_MAX_SEGMENTS = 64
+GSO_MAX_BYTES = 65000
+_GSO_SIZE = struct.Struct("=H")
+_GRO_SIZE = struct.Struct("=i")
 
 Address = tuple[str, int]
 
@@ -74,7 +102,7 @@ class UtpTransport:
                     self._wake(self._read_waiter)
             elif isinstance(event, p.ConnectionClosed):
                 self._finish(event.reason if event.error else None)
-        if self._write_waiters and conn.send_buffered < WRITE_HIGH_WATER:
+        if self._write_waiters and conn.send_queued < WRITE_HIGH_WATER:
             self._release_writers(None)
 
     def _finish(self, error: str | None) -> None:
@@ -129,7 +157,7 @@ class UtpTransport:
             raise ConnectionResetError(self._error or "connection closed")
         self.conn.send(data)
         self._owner._kick(self)
-        while self.conn.send_buffered >= WRITE_HIGH_WATER and not self._eof:
+        while self.conn.send_queued >= WRITE_HIGH_WATER and not self._eof:
             w = asyncio.get_running_loop().create_future()
             self._write_waiters.append(w)
             await w
@@ -158,8 +186,8 @@ class UtpTransport:
         await asyncio.shield(self._closed)
 
 
-class UtpSocket(asyncio.DatagramProtocol):
-    """The UDP endpoint of the listen port: every uTP connection, plus a hook for other UDP protocols."""
+class UtpSocket:
+    """The UDP socket of the listen port: every uTP connection, plus a hook for other UDP protocols."""
 
     def __init__(self, on_incoming: Callable[[UtpTransport], Awaitable[None]] | None = None,
                  on_other: Callable[[bytes, Address], None] | None = None,
@@ -168,7 +196,7 @@ class UtpSocket(asyncio.DatagramProtocol):
         self.on_other = on_other
         self._rng = rng or random.Random()
         self._accept = accept
-        self._transport: asyncio.DatagramTransport | None = None
+        self._sock: socket.socket | None = None
         self._loop = asyncio.get_running_loop()
         self._conns: dict[tuple[Address, int], UtpTransport] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -176,24 +204,156 @@ class UtpSocket(asyncio.DatagramProtocol):
         self._tasks: set[asyncio.Task[None]] = set()
         self._dirty: set[UtpTransport] = set()
         self._flush_scheduled = False
+        self._rbuf = bytearray(RECV_BUFFER_SIZE)
+        self._rview = memoryview(self._rbuf)
+        #: datagrams waiting for room in the kernel's send buffer, and their bytes
+        self._backlog: deque[tuple[bytes, Address]] = deque()
+        self._backlog_bytes = 0
+        #: UDP_SEGMENT / UDP_GRO are in use (Linux; turned off if the kernel refuses them)
+        self.gso = sys.platform.startswith("linux")
+        self.gro = False
         self.dropped = 0
+        #: datagrams we could not send (backlog full, or an error from the kernel)
+        self.send_dropped = 0
         self.local_address: Address = ("?", 0)
         self.family: int = int(socket.AF_INET)
         #: other protocols' replies on this socket (UDP trackers), by sender address
         self._subscribers: dict[Address, list[Callable[[bytes], None]]] = {}
 
-    # ------------------------------------------------------------------------- protocol callbacks
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
+    # ------------------------------------------------------------------------------ socket I/O
+    def _attach(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        _size_buffers(sock)
+        if self.gso:
+            try:
+                sock.setsockopt(socket.SOL_UDP, UDP_GRO, 1)
+                self.gro = True
+            except OSError:
+                self.gro = False
+        name = sock.getsockname()
+        self.local_address = (str(name[0]), int(name[1]))
+        self.family = int(sock.family)
+        self._sock = sock
+        self._loop.add_reader(sock.fileno(), self._on_readable)
+
+    def _on_readable(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        buf, view, got = self._rbuf, self._rview, 0
+        cmsg_size = socket.CMSG_SPACE(_GRO_SIZE.size) if self.gro else 0
+        while got < READ_BATCH_BYTES:
+            try:
+                if cmsg_size:
+                    n, ancdata, _, addr = sock.recvmsg_into((buf,), cmsg_size)
+                else:
+                    n, addr = sock.recvfrom_into(buf)
+                    ancdata = []
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # e.g. an ICMP error queued on the socket: not fatal
+                log.debug("uTP socket error: %s", e)
+                return
+            got += n
+            address: Address = (addr[0], addr[1])
+            segment = 0
+            for level, kind, data in ancdata:
+                if level == socket.SOL_UDP and kind == UDP_GRO and len(data) >= _GRO_SIZE.size:
+                    segment = _GRO_SIZE.unpack_from(data)[0]
+            if 0 < segment < n:
+                # One GRO read: datagrams of one flow (sender address and port). Most belong to one
+                # connection; look it up again only when the connection id changes.
+                now = self._loop.time()
+                key_cid, t = -1, None
+                for offset in range(0, n, segment):
+                    seg = view[offset:min(offset + segment, n)]
+                    if len(seg) >= p.HEADER_SIZE and seg[0] >> 4 != p.ST_SYN:
+                        cid = (seg[2] << 8) | seg[3]
+                        if cid == key_cid and t is not None:
+                            t.conn.receive_datagram(seg, now)  # copies what it keeps
+                            continue
+                        key_cid = cid
+                    else:
+                        key_cid = -1
+                    t = self._receive(bytes(seg), address, now)
+                    if t is not None:
+                        self._kick(t)
+            else:
+                self.datagram_received(bytes(view[:n]), address)
+
+    def _send_datagrams(self, datagrams: list[bytes], addr: Address) -> None:
+        """Send ``datagrams`` to ``addr`` in order, batching runs of equal size with GSO."""
+        sock = self._sock
+        if sock is None:
+            return
+        if self._backlog:
+            self._queue(datagrams, 0, addr)
+            return
+        i, n = 0, len(datagrams)
+        while i < n:
+            size = len(datagrams[i])
+            j, total = i + 1, size
+            if self.gso:
+                # A run of datagrams of one size; the last one may be shorter.
+                while j < n and j - i < GSO_MAX_SEGMENTS and total + len(datagrams[j]) <= GSO_MAX_BYTES:
+                    m = len(datagrams[j])
+                    if m > size:
+                        break
+                    total += m
+                    j += 1
+                    if m < size:
+                        break
+            try:
+                if j - i > 1:
+                    sock.sendmsg(datagrams[i:j], [(socket.SOL_UDP, UDP_SEGMENT, _GSO_SIZE.pack(size))], 0, addr)
+                else:
+                    sock.sendto(datagrams[i], addr)
+            except (BlockingIOError, InterruptedError):
+                self._queue(datagrams, i, addr)
+                return
+            except OSError as e:
+                if j - i > 1 and e.errno in (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP):
+                    log.debug("uTP: UDP segmentation offload refused (%s); sending datagrams one by one", e)
+                    self.gso = False
+                    continue  # the same run again, one by one
+                log.debug("uTP: sending to %s failed: %s", addr, e)
+                self.send_dropped += j - i
+            i = j
+
+    def _queue(self, datagrams: list[bytes], start: int, addr: Address) -> None:
+        if not self._backlog and self._sock is not None:
+            self._loop.add_writer(self._sock.fileno(), self._on_writable)
+        for d in datagrams[start:]:
+            if self._backlog_bytes + len(d) > SEND_BACKLOG_LIMIT:
+                self.send_dropped += 1
+                continue
+            self._backlog.append((d, addr))
+            self._backlog_bytes += len(d)
+
+    def _on_writable(self) -> None:
+        sock = self._sock
+        backlog = self._backlog
+        while backlog and sock is not None:
+            d, addr = backlog[0]
+            try:
+                sock.sendto(d, addr)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                log.debug("uTP: sending to %s failed: %s", addr, e)
+                self.send_dropped += 1
+            backlog.popleft()
+            self._backlog_bytes -= len(d)
         if sock is not None:
-            _size_buffers(sock)
-            name = sock.getsockname()
-            self.local_address = (str(name[0]), int(name[1]))
-            self.family = int(sock.family)
+            self._loop.remove_writer(sock.fileno())
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        address: Address = (addr[0], addr[1])
+        t = self._receive(data, (addr[0], addr[1]), self._loop.time())
+        if t is not None:
+            self._kick(t)
+
+    def _receive(self, data: bytes, address: Address, now: float) -> UtpTransport | None:
+        """Route one datagram; returns the connection that took it (to be kicked), if any."""
         if not p.looks_like_utp(data):
             subscribers = self._subscribers.get(address)
             if subscribers:
@@ -203,14 +363,13 @@ class UtpSocket(asyncio.DatagramProtocol):
                 self.on_other(data, address)
             else:
                 self.dropped += 1
-            return
+            return None
         if len(data) < p.HEADER_SIZE:
             self.dropped += 1
-            return
+            return None
         # The hot path (once per datagram): type and connection id straight from the bytes.
         kind = data[0] >> 4
         cid = (data[2] << 8) | data[3]
-        now = self._loop.time()
         t = self._conns.get((address, cid))
         if t is None and kind == p.ST_RESET:
             # libutp answers a connection it does not know with a RESET carrying *our* send_id.
@@ -222,21 +381,20 @@ class UtpSocket(asyncio.DatagramProtocol):
         if t is None:
             if kind != p.ST_SYN or not self._accept or self._on_incoming is None:
                 self.dropped += 1
-                return
+                return None
             if len(self._conns) >= MAX_CONNECTIONS:
                 self.dropped += 1
-                return
+                return None
             try:
                 conn = p.UtpConnection.accept(data, now, self._rng, mtu=self._mtu(address))
             except Exception as e:  # a malformed SYN: nothing to answer
                 log.debug("uTP SYN from %s refused: %s", address, e)
                 self.dropped += 1
-                return
+                return None
             key = (address, conn.recv_id)
             if key in self._conns:  # a retransmitted SYN of a connection we already have
                 self._conns[key].conn.receive_datagram(data, now)
-                self._kick(self._conns[key])
-                return
+                return self._conns[key]
             t = UtpTransport(self, address, conn)
             self._conns[key] = t
             task = self._loop.create_task(self._run_incoming(t), name=f"utp in {address}")
@@ -244,14 +402,7 @@ class UtpSocket(asyncio.DatagramProtocol):
             task.add_done_callback(self._tasks.discard)
         else:
             t.conn.receive_datagram(data, now)
-        self._kick(t)
-
-    def error_received(self, exc: Exception) -> None:
-        log.debug("uTP socket error: %s", exc)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        for t in list(self._conns.values()):
-            t._finish("socket closed")
+        return t
 
     async def _run_incoming(self, t: UtpTransport) -> None:
         assert self._on_incoming is not None
@@ -263,7 +414,7 @@ class UtpSocket(asyncio.DatagramProtocol):
     # ----------------------------------------------------------------------------- connections
     async def connect(self, address: Address, timeout: float = CONNECT_TIMEOUT) -> UtpTransport:
         """Open a uTP connection; raises ConnectionError or TimeoutError."""
-        if self._transport is None:
+        if self._sock is None:
             raise ConnectionError("the uTP socket is closed")
         if len(self._conns) >= MAX_CONNECTIONS:
             raise ConnectionError("too many uTP connections")
@@ -296,8 +447,7 @@ class UtpSocket(asyncio.DatagramProtocol):
 
     # ------------------------------------------------------------- sharing with the UDP tracker client
     def sendto(self, data: bytes, addr: Address) -> None:
-        if self._transport is not None:
-            self._transport.sendto(data, addr)
+        self._send_datagrams([data], addr)
 
     def subscribe(self, addr: Address, callback: Callable[[bytes], None]) -> Callable[[], None]:
         """Non-uTP datagrams from ``addr`` (a UDP tracker's replies) go to ``callback`` until the returned
@@ -334,10 +484,9 @@ class UtpSocket(asyncio.DatagramProtocol):
 
     def _service(self, t: UtpTransport, now: float) -> None:
         t._process_events()
-        transport = self._transport
-        if transport is not None:
-            for datagram in t.conn.datagrams_to_send(now):
-                transport.sendto(datagram, t.remote_address)
+        datagrams = t.conn.datagrams_to_send(now)
+        if datagrams:
+            self._send_datagrams(datagrams, t.remote_address)
         t._process_events()
         if t.conn.closed:
             key = (t.remote_address, t.conn.recv_id)
@@ -375,13 +524,20 @@ class UtpSocket(asyncio.DatagramProtocol):
     def close(self) -> None:
         for t in list(self._conns.values()):
             t.abort()
+        self._flush()  # the RESETs go out before the socket closes
         if self._timer is not None:
             self._timer.cancel()
+            self._timer = None
         for task in self._tasks:
             task.cancel()
-        if self._transport is not None:
-            self._transport.close()
-            self._transport = None
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            self._loop.remove_reader(sock.fileno())
+            if self._backlog:
+                self._loop.remove_writer(sock.fileno())
+            self._backlog.clear()
+            self._backlog_bytes = 0
+            sock.close()
 
 
 def _size_buffers(sock: socket.socket) -> None:
@@ -400,7 +556,18 @@ def _size_buffers(sock: socket.socket) -> None:
 
 
 async def open_utp_socket(host: str, port: int, **kwargs: Any) -> UtpSocket:
-    """Bind the UDP endpoint (``port`` 0: any free one) and return its protocol."""
+    """Bind the UDP socket (``port`` 0: any free one) and return the UtpSocket driving it."""
     loop = asyncio.get_running_loop()
-    _, protocol = await loop.create_datagram_endpoint(lambda: UtpSocket(**kwargs), local_addr=(host, port))
-    return protocol
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE)
+    if not infos:
+        raise OSError(f"cannot resolve {host!r}")
+    family, kind, proto, _, sockaddr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.bind(sockaddr)
+        utp = UtpSocket(**kwargs)
+        utp._attach(sock)
+    except BaseException:
+        sock.close()
+        raise
+    return utp

@@ -17,7 +17,14 @@ MAX_OUTSTANDING = 500
 DEFAULT_PEER_REQQ = 250
 
 
-def pipeline_depth(rate: float, peer_reqq: int = DEFAULT_PEER_REQQ) -> int:
-    """Outstanding requests to keep for a peer delivering ``rate`` bytes/s that accepts ``peer_reqq``."""
-    want = MIN_OUTSTANDING + math.ceil(max(rate, 0.0) * REQUEST_QUEUE_TIME / BLOCK_SIZE)
+def pipeline_depth(rate: float, peer_reqq: int = DEFAULT_PEER_REQQ, received: int = 0) -> int:
+    """Outstanding requests to keep for a peer delivering ``rate`` bytes/s that accepts ``peer_reqq``.
+
+    Before the first rate sample (``rate`` 0, the first second of a connection) the depth grows by one
+    request per block received (``received`` payload bytes so far), doubling every round trip as TCP's
+    slow start does: a fast peer is not held to MIN_OUTSTANDING for a whole second."""
+    if rate > 0:
+        want = MIN_OUTSTANDING + math.ceil(rate * REQUEST_QUEUE_TIME / BLOCK_SIZE)
+    else:
+        want = MIN_OUTSTANDING + max(received, 0) // BLOCK_SIZE
     return max(1, min(want, MAX_OUTSTANDING, max(peer_reqq, 1)))

@@ -68,6 +68,10 @@ LINK_KINDS = ("netem", "tun")
 #: response (libtorrent <-> libtorrent over uTP took the same 47 s for 16 MiB as the bridges): 16 MiB take
 #: 47 s, 64 MiB 187 s (about 4 minutes for the whole test), too long for CI for no more coverage.
 SIZE_MIB = 16
+#: The bottleneck phase's torrent. The download must still run when the 15 s of TCP measurement beside
+#: it end (RAMP + TCP_SKIP + TCP_WINDOW): at the bottleneck's 2 MB/s even a uTP that took the whole link
+#: needs 21 s for 40 MiB. (16 MiB sometimes finished first once uTP's start-up got faster.)
+BOTTLENECK_SIZE_MIB = 40
 PIECE_LENGTH = 256 * 1024
 #: Bound for the lossy uTP download (process start -> "complete:"): 3x the 47 s measured.
 TRANSFER_BOUND = 150.0
@@ -431,35 +435,43 @@ def run(work: Path, kind: str, deadline: float, result: dict[str, Any], size_mib
         net = Network(kind, logs, deadline)
         net.setup(LOSSY, CLEAN, deadline)
 
-        result["stage"] = "data and torrent"
+        result["stage"] = "data and torrents"
         src = work / "src"
         src.mkdir()
-        payload = src / f"random-{size_mib}MiB.bin"
-        data = random.Random(20240612).randbytes(size_mib * 1024 * 1024)
-        payload.write_bytes(data)
-        expected = hashlib.sha256(data).hexdigest()
-        del data
-        torrent = work / "payload.torrent"
-        made = subprocess.run(bridge("create", str(payload), "-o", str(torrent), "--piece-length",
-                                     str(PIECE_LENGTH)), cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
-        if made.returncode != 0:
-            raise DriverError(f"bridge create failed ({made.returncode}): {made.stderr}")
-
-        result["stage"] = "seeder"
         net_args = ["--no-tcp", "--no-webrtc", "--port", "0"]
-        seeder = Child("bridge-seed", bridge("seed", str(torrent), "-o", str(src), "--host", VETH_A, *net_args),
-                       logs)
-        children.append(seeder)
-        port = int(seeder.wait_for(r"^listening on [\d.]+:(\d+)", deadline, "stderr").group(1))
-        seeder.wait_for(r"^magnet:\?", deadline)
+        seeds: dict[str, tuple[Path, int]] = {}  # phase -> (torrent, seeder port)
+        expected = ""
+        payload = src
+        for phase, mib, seed in (("lossy", size_mib, 20240612), ("bottleneck", BOTTLENECK_SIZE_MIB, 20240613)):
+            file = src / phase / f"random-{mib}MiB.bin"
+            file.parent.mkdir()
+            data = random.Random(seed).randbytes(mib * 1024 * 1024)
+            file.write_bytes(data)
+            if phase == "lossy":
+                payload, expected = file, hashlib.sha256(data).hexdigest()
+            del data
+            torrent = work / f"{phase}.torrent"
+            made = subprocess.run(bridge("create", str(file), "-o", str(torrent), "--piece-length",
+                                         str(PIECE_LENGTH)), cwd=REPO_ROOT, capture_output=True, text=True,
+                                  timeout=60)
+            if made.returncode != 0:
+                raise DriverError(f"bridge create failed ({made.returncode}): {made.stderr}")
+            result["stage"] = f"seeder ({phase})"
+            seeder = Child(f"bridge-seed-{phase}", bridge("seed", str(torrent), "-o", str(file.parent), "--host",
+                                                          VETH_A, *net_args), logs)
+            children.append(seeder)
+            port = int(seeder.wait_for(r"^listening on [\d.]+:(\d+)", deadline, "stderr").group(1))
+            seeder.wait_for(r"^magnet:\?", deadline)
+            seeds[phase] = (torrent, port)
         recv = Child("tcp-recv", net.in_b([sys.executable, str(HERE), "tcp-recv", VETH_B, "--skip", str(TCP_SKIP),
                                            "--window", str(TCP_WINDOW)]), logs)
         children.append(recv)
         recv_port = int(recv.wait_for(r'^\{"port": (\d+)\}', deadline).group(1))
         flows = [0]
 
-        def download(name: str) -> Child:
+        def download(name: str, phase: str) -> Child:
             out = work / name
+            torrent, port = seeds[phase]
             child = Child(name, net.in_b(bridge("download", str(torrent), "-o", str(out), "--host", VETH_B,
                                                 "--peer", f"{VETH_A}:{port}", *net_args)), logs)
             children.append(child)
@@ -474,7 +486,7 @@ def run(work: Path, kind: str, deadline: float, result: dict[str, Any], size_mib
             result["stage"] = f"{phase}: TCP alone"
             res["tcp_solo_mbps"] = tcp_flow(net, recv, recv_port, logs, flows, deadline)
             result["stage"] = f"{phase}: uTP download"
-            dl = download(f"bridge-download-{phase}")
+            dl = download(f"bridge-download-{phase}", phase)
             dl.wait_for(r"connected \(utp", deadline, "stderr")
             res["connected_s"] = round(time.monotonic() - dl.started, 2)
             if phase != "lossy":

@@ -4,14 +4,17 @@ back-pressure, closing, hostile datagrams, and the UDP tracker client sharing th
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import os
 import random
+import socket
+import sys
 
 import pytest
 
 from bridge.net.tracker_udp import ConnectionIdCache, announce_udp
-from bridge.net.utp import UtpSocket, UtpTransport, open_utp_socket
+from bridge.net.utp import UDP_GRO, UtpSocket, UtpTransport, open_utp_socket
 from bridge.proto.tracker import AnnounceRequest
 from bridge.tracker import start_tracker
 
@@ -111,3 +114,113 @@ async def test_udp_tracker_announces_share_the_utp_socket() -> None:
     finally:
         sock.close()
         await tracker.close()
+
+
+async def transfer(server: UtpSocket, client: UtpSocket, accepted: list[UtpTransport], size: int) -> bytes:
+    data = os.urandom(size)
+    async with asyncio.timeout(60):
+        t = await client.connect(server.local_address)
+        writer = asyncio.create_task(t.write(data))
+        while not accepted:
+            await asyncio.sleep(0.01)
+        got = await read_exactly(accepted[-1], size)
+        await writer
+    assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+    return got
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="UDP GSO/GRO are Linux socket options")
+async def test_segmentation_offload_batches_datagrams_on_linux() -> None:
+    """On Linux a bulk transfer goes out in GSO batches and comes in as GRO batches: far fewer system
+    calls than datagrams, and the same bytes."""
+    server, client, accepted = await pair()
+    calls = {"sendmsg": 0, "sendto": 0}
+    sock = client._sock
+    assert sock is not None
+    try:
+        assert server.gso and server.gro, "this Linux kernel refused UDP_GRO (needs 5.0+)"
+
+        class Counting:
+            """Counts the client socket's send calls (socket objects' methods cannot be patched)."""
+
+            def __getattr__(self, name):
+                return getattr(sock, name)
+
+            def sendmsg(self, *a):
+                calls["sendmsg"] += 1
+                return sock.sendmsg(*a)
+
+            def sendto(self, *a):
+                calls["sendto"] += 1
+                return sock.sendto(*a)
+
+        client._sock = Counting()  # type: ignore[assignment]
+        await transfer(server, client, accepted, 8 * 1024 * 1024)
+        conn = accepted[0].conn
+        assert client.gso, "the kernel refused UDP_SEGMENT on loopback"
+        # 8 MiB is about 6,100 datagrams; batches of up to 46 make it a few hundred calls
+        assert conn.packets_received > 6000
+        assert calls["sendmsg"] > 0 and calls["sendmsg"] + calls["sendto"] < conn.packets_received / 4
+    finally:
+        client._sock = sock
+        client.close()
+        server.close()
+
+
+async def test_without_offload_and_through_a_full_send_buffer() -> None:
+    """Where the kernel has no GSO/GRO (or refuses them), one datagram per call; when the send buffer is
+    full (EAGAIN) datagrams wait in a bounded backlog and go out when the socket is writable."""
+    server, client, accepted = await pair()
+    sock = client._sock
+    assert sock is not None
+    try:
+        for s in (server, client):
+            s.gso = False
+            if s.gro and s._sock is not None:
+                s._sock.setsockopt(socket.SOL_UDP, UDP_GRO, 0)
+                s.gro = False
+        state = {"eagain": 0}
+
+        class Stalling:
+            """Every 50th send finds the kernel buffer full."""
+
+            def __getattr__(self, name):
+                return getattr(sock, name)
+
+            def sendto(self, data, addr):
+                state["eagain"] += 1
+                if state["eagain"] % 50 == 0:
+                    raise BlockingIOError(errno.EAGAIN, "full")
+                return sock.sendto(data, addr)
+
+        client._sock = Stalling()  # type: ignore[assignment]
+        await transfer(server, client, accepted, 2 * 1024 * 1024)
+        assert state["eagain"] > 1000 and not client._backlog and client._backlog_bytes == 0
+        assert client.send_dropped == 0
+    finally:
+        client._sock = sock
+        client.close()
+        server.close()
+
+
+async def test_a_refused_segmentation_offload_falls_back_to_single_datagrams() -> None:
+    server, client, accepted = await pair()
+    sock = client._sock
+    assert sock is not None
+    try:
+        client.gso = True
+
+        class NoGso:
+            def __getattr__(self, name):
+                return getattr(sock, name)
+
+            def sendmsg(self, *a):
+                raise OSError(errno.EIO, "no checksum offload on this device")
+
+        client._sock = NoGso()  # type: ignore[assignment]
+        await transfer(server, client, accepted, 1024 * 1024)
+        assert not client.gso and client.send_dropped == 0
+    finally:
+        client._sock = sock
+        client.close()
+        server.close()

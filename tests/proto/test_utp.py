@@ -393,6 +393,56 @@ def test_packets_respect_the_mtu():
         UtpConnection.connect(0.0, random.Random(1), mtu=100)
 
 
+def test_packets_in_flight_capped_and_lowered_after_the_first_loss():
+    """A long fat path: without loss up to MAX_PACKETS_IN_FLIGHT packets fly; from the first loss on at
+    most LOSSY_PACKETS_IN_FLIGHT, below the receiver's reorder buffer."""
+    lost_at = 6000
+    sim, a, b = connected_pair(ab=dict(delay=0.05, drop=lambda n, d: n == lost_at), ba=dict(delay=0.05))
+    n = 20_000_000
+    data = payload(n, 3)
+    a.conn.send(data)
+    seen = {"before": 0, "after": 0}
+    repaired: list[float] = []
+
+    def done() -> bool:
+        if not sim.links[0].lost:
+            seen["before"] = max(seen["before"], a.conn._cur_window_packets)
+        elif not repaired:
+            if a.conn.retransmits and a.conn._cur_window_packets < utp.LOSSY_PACKETS_IN_FLIGHT:
+                repaired.append(sim.now)  # the hole is filled and the window drained below the new cap
+        else:
+            seen["after"] = max(seen["after"], a.conn._cur_window_packets)
+        return len(b.data) >= n + 5
+
+    sim.run(done, max_time=60, max_steps=500_000)
+    assert bytes(b.data) == b"hello" + data
+    assert sim.links[0].lost == 1 and repaired
+    assert utp.LOSSY_PACKETS_IN_FLIGHT < seen["before"] <= utp.MAX_PACKETS_IN_FLIGHT
+    assert utp.LOSSY_PACKETS_IN_FLIGHT // 2 < seen["after"] <= utp.LOSSY_PACKETS_IN_FLIGHT < utp.MAX_REORDER_DISTANCE
+
+
+def test_datagrams_may_be_views_of_a_reused_buffer():
+    """The adapter hands in memoryviews of its receive buffer and then overwrites it: what the connection
+    keeps (in-order data and the reorder buffer) must be its own copy."""
+    sim, a, b = connected_pair(ab=dict(reorder=0.3, delay=0.01), ba=dict(delay=0.01))
+    buf = bytearray(2048)
+    real = b.conn.receive_datagram
+    held = [0]
+
+    def through_buffer(d, now):
+        buf[:len(d)] = d
+        real(memoryview(buf)[:len(d)], now)
+        buf[:len(d)] = bytes(len(d))  # overwritten before the next datagram
+        held[0] = max(held[0], len(b.conn._reorder))
+
+    b.conn.receive_datagram = through_buffer  # type: ignore[method-assign]
+    data = payload(400_000, 4)
+    a.conn.send(data)
+    sim.run(lambda: len(b.data) >= 400_005, max_time=30)
+    assert bytes(b.data) == b"hello" + data
+    assert held[0] > 0  # out-of-order packets were kept, and came out right
+
+
 # ------------------------------------------------------------------------------------------- closing
 def test_fin_both_ways_with_data_in_flight():
     sim, a, b = connected_pair(ab=dict(delay=0.05, loss=0.02), ba=dict(delay=0.05, loss=0.02))

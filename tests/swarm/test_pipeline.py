@@ -59,3 +59,13 @@ def test_bounds(rate: float, reqq: int) -> None:
 def test_monotonic_in_rate(a: float, b: float, reqq: int) -> None:
     lo, hi = sorted((a, b))
     assert pipeline_depth(lo, reqq) <= pipeline_depth(hi, reqq)
+
+
+def test_before_the_first_rate_sample_the_depth_grows_with_each_block_received() -> None:
+    assert pipeline_depth(0.0, received=0) == MIN_OUTSTANDING
+    assert pipeline_depth(0.0, received=BLOCK_SIZE - 1) == MIN_OUTSTANDING
+    assert pipeline_depth(0.0, received=MIN_OUTSTANDING * BLOCK_SIZE) == 2 * MIN_OUTSTANDING  # one round trip
+    assert pipeline_depth(0.0, received=10**9) == min(MAX_OUTSTANDING, DEFAULT_PEER_REQQ)
+    assert pipeline_depth(0.0, peer_reqq=20, received=10**9) == 20
+    # once a rate is measured, it alone decides
+    assert pipeline_depth(1.0, received=10**9) == MIN_OUTSTANDING + 1

@@ -49,12 +49,14 @@ log = logging.getLogger(__name__)
 
 #: Requests we queue from one peer (our BEP 10 ``reqq``); libtorrent allows 2000 per peer by default.
 MAX_QUEUED_REQUESTS = 2000
-#: Requests refused for a full queue before the peer counts as flooding and is dropped.
+#: Requests refused (queue full, choked, a piece we lack, a bad length) since we last choked or unchoked the
+#: peer, before it counts as flooding and is dropped. An honest peer has at most our reqq in flight when we
+#: choke it; each refusal may cost a reject-request message that waits in memory for a peer not reading.
 REQUEST_FLOOD_LIMIT = MAX_QUEUED_REQUESTS
 #: Bytes of piece data gathered into one write when serving (fewer, larger writes).
 UPLOAD_BATCH_BYTES = 256 * 1024
 #: Pieces read ahead of the one being served, and how far into the request queue to look for them.
-PREFETCH_PIECES = 2
+PREFETCH_PIECES = 8
 PREFETCH_SCAN = 256
 #: Unrequested or unwanted blocks tolerated before the peer is dropped.
 MAX_WASTED_BLOCKS = 500
@@ -125,6 +127,8 @@ class Peer:
         self.last_received = now
         self.last_sent = now
         self.last_block = now
+        #: no block came for snub_timeout while requests were out: one request at a time until one does
+        self.snubbed = False
         self.wasted = 0
         self.refused_requests = 0
         self._out: list[bytes] = []
@@ -148,10 +152,12 @@ class Peer:
                 for index, begin, length in self.requests_in:
                     self.send(ev.RejectRequest(index, begin, length))
             self.requests_in.clear()
+            self.refused_requests = 0
 
     def unchoke(self) -> None:
         if self.am_choking:
             self.am_choking = False
+            self.refused_requests = 0
             self.send(ev.Unchoke())
 
     def set_interested(self, interested: bool) -> None:
@@ -436,10 +442,10 @@ class Peer:
             return
         if index not in t.picker.have and 0 <= index < t.info.num_pieces:
             t.on_demand(self, index)
-        if len(self.requests_in) >= MAX_QUEUED_REQUESTS:
-            self.refused_requests += 1
-            if self.refused_requests > REQUEST_FLOOD_LIMIT:
-                raise RemoteProtocolError(f"request flood: more than {MAX_QUEUED_REQUESTS} queued")
+        self.refused_requests += 1
+        if self.refused_requests > REQUEST_FLOOD_LIMIT:
+            why = "queue full" if len(self.requests_in) >= MAX_QUEUED_REQUESTS else "choked or unservable"
+            raise RemoteProtocolError(f"request flood: more than {REQUEST_FLOOD_LIMIT} requests refused ({why})")
         if self.fast:
             self.send(ev.RejectRequest(index, begin, length))
 
@@ -461,6 +467,8 @@ class Peer:
                 return
         elif size != length:
             raise RemoteProtocolError(f"block {e.index}:{e.begin} has {size} bytes, requested {length}")
+        else:
+            self.snubbed = False
         self.down.add(size)
         self.last_block = self.last_received
         t.on_block(self, e.index, e.begin, e.data)
@@ -474,7 +482,7 @@ class Peer:
     def fill_requests(self) -> None:
         if self.peer_choking or not self.am_interested or self.closed:
             return
-        depth = pipeline_depth(self.down.rate, self.reqq)
+        depth = 1 if self.snubbed else pipeline_depth(self.down.rate, self.reqq, self.down.total)
         need = depth - len(self.outstanding)
         # Top up in batches so one read does not produce a trickle of single requests.
         if need < max(1, depth // 8):
@@ -507,7 +515,9 @@ class Peer:
                 self.send(ev.Cancel(index, key[1], length))
 
     def release_stale(self) -> None:
-        """Give back every outstanding request (the peer stopped delivering)."""
+        """Give back every outstanding request (the peer stopped delivering); it is snubbed: one request at
+        a time until it delivers again, so it cannot take the released blocks straight back."""
+        self.snubbed = True
         self._release_all()
 
     def detach(self) -> None:

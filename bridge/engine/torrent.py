@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import random
 import time
@@ -60,6 +61,19 @@ PEER_DEMAND_DELAY = 60.0
 BROWSER_FRONT_PIECES = 2
 #: How far past a browser's first missing piece its front is looked for.
 BROWSER_FRONT_SCAN = 64
+#: Blame for a piece that failed its hash with blocks from several addresses (the hash cannot say whose
+#: block was bad). Each sender loses SHARED_FAILURE_COST trust and gains 1 per verified piece it sent blocks
+#: of (up to TRUST_MAX); at -SHARED_FAILURE_BAN it is banned (libtorrent's trust points: an honest peer that
+#: keeps delivering is not banned for sharing pieces with a corrupt one). A piece failing with one sender
+#: counts towards that sender's PeerConfig.max_hash_failures, as before.
+SHARED_FAILURE_COST = 2
+SHARED_FAILURE_BAN = 7
+TRUST_MAX = 8
+#: Smart ban: the SHA-1 of every block of a piece that failed with several senders is kept (at most
+#: SUSPECT_ATTEMPTS attempts' worth per piece, for at most MAX_SUSPECT_PIECES pieces); once the piece
+#: verifies, a sender whose block differs from the good data is banned at once.
+SUSPECT_ATTEMPTS = 4
+MAX_SUSPECT_PIECES = 256
 
 Address = tuple[str, int]
 
@@ -104,7 +118,13 @@ class Torrent:
         self.hash_failures: Counter[str] = Counter()
         #: received blocks of pieces being downloaded, by block number (bytes or views into received chunks)
         self._blocks: dict[int, list[bytes | memoryview | None]] = {}
-        self._contributors: dict[int, set[str]] = {}
+        #: per piece being downloaded, the address that sent each block (hash-failure blame)
+        self._senders: dict[int, list[str | None]] = {}
+        #: smart ban: piece -> (block, address) -> SHA-1 of the block that address sent in a failed attempt
+        self._suspect_blocks: dict[int, dict[tuple[int, str], bytes]] = {}
+        #: trust points per address (see SHARED_FAILURE_COST), and failed pieces it alone had sent
+        self._trust: Counter[str] = Counter()
+        self._sole_failures: Counter[str] = Counter()
         self._verifying: set[int] = set()
         self.uploaded = 0
         self.downloaded = 0
@@ -277,7 +297,8 @@ class Torrent:
         """A fatal local error (disk full, unwritable directory): stop transferring and report."""
         if self.error is None:
             self.error = message
-            log.error("[%s] %s", self.tag, message)
+            # torrent_failed: the CLI reports it as its own last line instead (bridge/cli.py)
+            log.error("[%s] %s", self.tag, message, extra={"torrent_failed": True})
             self.failed.set()
             for peer in list(self.peers):
                 peer.close(message)
@@ -536,10 +557,10 @@ class Torrent:
         self.downloaded_by_kind[peer.kind] += n
         self._piece_kind.setdefault(index, peer.kind)
         self.down.add(n)
-        contributors = self._contributors.get(index)
-        if contributors is None:
-            contributors = self._contributors[index] = set()
-        contributors.add(peer.address[0])
+        senders = self._senders.get(index)
+        if senders is None:
+            senders = self._senders[index] = [None] * len(blocks)
+        senders[begin // BLOCK_SIZE] = peer.address[0]
         complete = self.picker.received(index, begin)
         if self.picker.endgame_active:
             for other in self.peers:
@@ -559,7 +580,8 @@ class Torrent:
             return
         finally:
             self._verifying.discard(index)
-        contributors = self._contributors.pop(index, set())
+        senders = self._senders.pop(index, [])
+        contributors = sorted({ip for ip in senders if ip is not None})
         # Withdraw every request still out for this piece (endgame duplicates), before it can be picked
         # again: a late release would otherwise count against the next attempt's blocks.
         if self.picker.endgame_active or not ok:
@@ -572,6 +594,7 @@ class Torrent:
                 self._left -= self.info.piece_size(index)
                 self._left_at += 1
             self.picker.piece_verified(index)
+            self._credit(index, blocks, contributors)
             waiter = self._piece_waiters.pop(index, None)
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
@@ -582,17 +605,61 @@ class Torrent:
                 self._on_complete()
             return
         self.picker.piece_failed(index)
-        log.warning("[%s] piece %d failed its hash check (from %s)", self.tag, index, ", ".join(sorted(contributors)))
+        log.warning("[%s] piece %d failed its hash check (from %s)", self.tag, index, ", ".join(contributors))
         for ip in contributors:
             self.hash_failures[ip] += 1
-            if self.hash_failures[ip] >= self.config.max_hash_failures and ip not in self.banned:
-                self.banned.add(ip)
-                log.warning("[%s] banned %s after %d hash failures", self.tag, ip, self.hash_failures[ip])
-                for p in list(self.peers):
-                    if p.address[0] == ip:
-                        p.close("banned")
+        if len(contributors) == 1:
+            ip = contributors[0]
+            self._sole_failures[ip] += 1
+            if self._sole_failures[ip] >= self.config.max_hash_failures:
+                self._ban(ip, f"after {self._sole_failures[ip]} hash failures")
+        else:
+            self._suspect(index, senders, blocks)
+            for ip in contributors:
+                self._trust[ip] -= SHARED_FAILURE_COST
+                if self._trust[ip] <= -SHARED_FAILURE_BAN:
+                    self._ban(ip, "for sharing too many pieces that failed their hash check")
         for p in self.peers:
             p.fill_requests()
+
+    def _suspect(self, index: int, senders: list[str | None], blocks: list[bytes | memoryview | None]) -> None:
+        """A piece with several senders failed: remember what each one sent (smart ban)."""
+        suspects = self._suspect_blocks.get(index)
+        if suspects is None:
+            if len(self._suspect_blocks) >= MAX_SUSPECT_PIECES:
+                return
+            suspects = self._suspect_blocks[index] = {}
+        for b, (ip, block) in enumerate(zip(senders, blocks, strict=False)):
+            if ip is not None and block is not None and len(suspects) < SUSPECT_ATTEMPTS * len(blocks):
+                suspects[(b, ip)] = hashlib.sha1(block).digest()
+
+    def _credit(self, index: int, blocks: list[bytes | memoryview | None], contributors: list[str]) -> None:
+        """A piece verified: its senders gain trust, and any sender whose block in an earlier failed attempt
+        differs from the good data is banned (smart ban)."""
+        for ip in contributors:
+            if self._trust[ip] < TRUST_MAX:
+                self._trust[ip] += 1
+        suspects = self._suspect_blocks.pop(index, None)
+        if not suspects:
+            return
+        good: dict[int, bytes] = {}
+        for (b, ip), digest in suspects.items():
+            block = blocks[b]
+            if block is None:
+                continue
+            if b not in good:
+                good[b] = hashlib.sha1(block).digest()
+            if good[b] != digest:
+                self._ban(ip, f"for sending a bad block of piece {index}")
+
+    def _ban(self, ip: str, why: str) -> None:
+        if ip in self.banned:
+            return
+        self.banned.add(ip)
+        log.warning("[%s] banned %s %s", self.tag, ip, why)
+        for p in list(self.peers):
+            if p.address[0] == ip:
+                p.close("banned")
 
     def _on_complete(self) -> None:
         try:
@@ -663,6 +730,7 @@ class Torrent:
                     log.debug("%s snubbed us; re-requesting its %d blocks", p.tag, len(p.outstanding))
                     p.release_stale()
                     p.last_block = now
+                    continue  # not refilled now: the released blocks go to the other peers first
                 p.fill_requests()
                 if log.isEnabledFor(logging.DEBUG):
                     log.debug("%s down %.0f up %.0f B/s, %d requested, %d queued for it, choked %s/%s",

@@ -81,6 +81,42 @@ def make_torrent_with_libtorrent(data_path: str, piece_length: int) -> bytes:
     return bytes(lt.bencode(ct.generate()))
 
 
+# ------------------------------------------------------------------------------ WebSocket tracker load
+
+
+def bench_id(prefix: bytes, n: int) -> str:
+    """A 20-character id (info-hash, peer id or offer id as the WebSocket tracker protocol writes them):
+    ``prefix`` then ``n`` as 12 digits, cut or padded with '-' to 20."""
+    return (prefix + b"%012d" % n)[-20:].rjust(20, b"-").decode("latin-1")
+
+
+def fake_sdp(n: int, size: int) -> str:
+    """An SDP-looking text of about ``size`` characters (the tracker only forwards it; nobody parses it)."""
+    head = (f"v=0\r\no=- {4611686018427387904 + n} 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
+            "a=group:BUNDLE 0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\nc=IN IP4 0.0.0.0\r\n"
+            f"a=candidate:1 1 udp 2122194687 127.0.0.1 {40000 + n % 20000} typ host generation 0\r\n")
+    return (head + "a=x-pad:" + "x" * max(0, size - len(head) - 10) + "\r\n")[: max(size, len(head))]
+
+
+def ws_announce(info_hash: str, peer_id: str, offer_ids: Sequence[str], sdp_bytes: int, sdp_seed: int,
+                event: str | None = None, numwant: int = 50, left: int = 1000) -> str:
+    """The JSON text of a WebTorrent announce with one fake offer (``fake_sdp``) per offer id."""
+    d: dict[str, object] = {
+        "action": "announce",
+        "info_hash": info_hash,
+        "peer_id": peer_id,
+        "numwant": numwant,
+        "uploaded": 0,
+        "downloaded": 0,
+        "left": left,
+        "offers": [{"offer": {"type": "offer", "sdp": fake_sdp(sdp_seed + i, sdp_bytes)}, "offer_id": oid}
+                   for i, oid in enumerate(offer_ids)],
+    }
+    if event:
+        d["event"] = event
+    return json.dumps(d)
+
+
 # ------------------------------------------------------------------------------------------ CPU
 
 

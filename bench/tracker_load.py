@@ -32,7 +32,16 @@ import sys
 import time
 from typing import Any
 
-from _common import REPO_ROOT, BenchError, Children, child_env, format_table, proc_cpu_seconds
+from _common import (
+    REPO_ROOT,
+    BenchError,
+    Children,
+    bench_id,
+    child_env,
+    format_table,
+    proc_cpu_seconds,
+    ws_announce,
+)
 
 TOOLS_DIR = os.path.join(REPO_ROOT, "tests", "tools")
 GOAL = 2.0  # the embedded tracker should do at least twice the reference's announces per second
@@ -54,17 +63,6 @@ process.on('SIGINT', stop)
 """
 
 
-def _id(prefix: bytes, n: int) -> str:
-    return (prefix + b"%012d" % n)[-20:].rjust(20, b"-").decode("latin-1")
-
-
-def _fake_sdp(n: int, size: int) -> str:
-    head = (f"v=0\r\no=- {4611686018427387904 + n} 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
-            "a=group:BUNDLE 0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\nc=IN IP4 0.0.0.0\r\n"
-            f"a=candidate:1 1 udp 2122194687 127.0.0.1 {40000 + n % 20000} typ host generation 0\r\n")
-    return (head + "a=x-pad:" + "x" * max(0, size - len(head) - 10) + "\r\n")[: max(size, len(head))]
-
-
 # ------------------------------------------------------------------------------------------ load process
 
 
@@ -82,21 +80,9 @@ async def _load(args: argparse.Namespace) -> dict[str, Any]:
     errors: list[str] = []
 
     def announce_text(n: int, event: str | None, first_offer: int) -> str:
-        d: dict[str, Any] = {
-            "action": "announce",
-            "info_hash": _id(b"bench-swarm-", n % args.swarms),
-            "peer_id": _id(b"-WW0001-", args.client_base + n),
-            "numwant": 50,
-            "uploaded": 0,
-            "downloaded": 0,
-            "left": 1000,
-            "offers": [{"offer": {"type": "offer", "sdp": _fake_sdp(n * 10 + i, args.sdp_bytes)},
-                        "offer_id": _id(b"offer-", (args.client_base + n) * 100 + first_offer + i)}
-                       for i in range(args.offers)],
-        }
-        if event:
-            d["event"] = event
-        return json.dumps(d)
+        offer_ids = [bench_id(b"offer-", (args.client_base + n) * 100 + first_offer + i) for i in range(args.offers)]
+        return ws_announce(bench_id(b"bench-swarm-", n % args.swarms), bench_id(b"-WW0001-", args.client_base + n),
+                           offer_ids, args.sdp_bytes, n * 10, event)
 
     async def client(session: aiohttp.ClientSession, n: int) -> None:
         nonlocal ready

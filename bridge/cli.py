@@ -9,6 +9,7 @@ import datetime
 import json
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable, Coroutine
@@ -32,6 +33,7 @@ from .proto.metainfo import (
 )
 from .settings import LOG_FORMATS, SPECS, Settings, SettingsError, resolve, resolve_log_format
 from .tracker.state import DEFAULT_INTERVAL as DEFAULT_TRACKER_INTERVAL
+from .tracker.state import MAX_WS_CONNECTIONS as DEFAULT_TRACKER_MAX_CONNECTIONS
 
 log = logging.getLogger("bridge")
 
@@ -73,6 +75,31 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out)
 
 
+#: Characters a peer, tracker or torrent could use to forge or hide log lines on a terminal or in a log
+#: file: C0 and C1 controls but tab (newlines, carriage returns, ANSI escapes ESC and CSI, backspace),
+#: DEL, the Unicode line and paragraph separators and the bidirectional overrides.
+_UNSAFE_TEXT = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def escape_text(text: str) -> str:
+    """``text`` with every unsafe character written as a \\x or \\u escape: always one printable line."""
+    return _UNSAFE_TEXT.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}", text)
+
+
+class TextFormatter(logging.Formatter):
+    """The text log format, one line per record: the message is escaped with escape_text, so a string from
+    a peer, a tracker or a torrent's metadata cannot add lines or terminal escapes. (A traceback, which
+    only a bug produces, still spans its lines.)"""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 -- logging's name
+        message = record.message
+        record.message = escape_text(message)
+        try:
+            return super().formatMessage(record)
+        finally:
+            record.message = message
+
+
 #: the format setup_logging chose; `serve` writes its status lines in it too
 _log_format = "text"
 
@@ -84,7 +111,7 @@ def setup_logging(level: str, log_format: str = "text") -> None:
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     logging.basicConfig(level=getattr(logging, level.upper(), logging.WARNING), handlers=[handler])
     logging.getLogger("aiohttp").setLevel(max(logging.WARNING, logging.getLogger().level))
 
@@ -96,7 +123,7 @@ def status(message: str, logger: str = "bridge") -> None:
         record = logging.LogRecord(logger, logging.INFO, __file__, 0, message, None, None)
         print(JsonFormatter().format(record), file=sys.stderr, flush=True)
     else:
-        print(message, file=sys.stderr, flush=True)
+        print(escape_text(message), file=sys.stderr, flush=True)
 
 
 def load_torrent_file(path: str) -> Metainfo:
@@ -173,6 +200,10 @@ def print_stats(uploaded: int, downloaded: int) -> None:
     print(f"uploaded={uploaded} downloaded={downloaded}", file=sys.stderr, flush=True)
 
 
+def _not_torrent_failure(record: logging.LogRecord) -> bool:
+    return not getattr(record, "torrent_failed", False)
+
+
 def _stop_on_signals(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -227,6 +258,9 @@ async def _run_transfer(args: argparse.Namespace, source: Metainfo | Magnet, dat
     session = Session(session_config(args))
     stop = asyncio.Event()
     _stop_on_signals(stop)
+    # A torrent's fatal error (disk full ...) is this command's last error line: not a log line as well.
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_not_torrent_failure)
     try:
         await session.start()
     except OSError as e:
@@ -250,8 +284,12 @@ async def _run_transfer(args: argparse.Namespace, source: Metainfo | Magnet, dat
             def got_metadata(info: InfoDict) -> None:
                 waiting.done()
                 if getattr(args, "save_torrent", False):
-                    path = save_torrent_file(info, trackers, source.webseeds, data_dir)
-                    print(f"saved {path}", file=sys.stderr)
+                    try:
+                        path = save_torrent_file(info, trackers, source.webseeds, data_dir)
+                    except OSError as e:  # the download goes on without it
+                        log.warning("cannot save the .torrent in %s: %s", data_dir, e.strerror or e)
+                        return
+                    print(f"saved {escape_text(path)}", file=sys.stderr)
 
             fetch = asyncio.ensure_future(session.add_magnet(
                 source.info_hash, data_dir, name=source.name, trackers=trackers,
@@ -287,7 +325,8 @@ async def _run_transfer(args: argparse.Namespace, source: Metainfo | Magnet, dat
         if not download:
             have = len(torrent.picker.have)
             if have == 0:
-                print(f"webtorrent-bridge: error: no data of {info.name!r} found under {data_dir}", file=sys.stderr)
+                print(f"webtorrent-bridge: error: no data of {info.name!r} found under {escape_text(data_dir)}",
+                      file=sys.stderr)
                 return 1
             if have < info.num_pieces:
                 print(f"warning: only {have} of {info.num_pieces} pieces verified; seeding those", file=sys.stderr)
@@ -307,18 +346,19 @@ async def _run_transfer(args: argparse.Namespace, source: Metainfo | Magnet, dat
             progress.update(torrent.verified_bytes, info.total_length, torrent.down.rate, len(torrent.peers), force=True)
             progress.done()
             if torrent.failed.is_set():
-                print(f"webtorrent-bridge: error: {torrent.error}", file=sys.stderr)
+                print(f"webtorrent-bridge: error: {escape_text(str(torrent.error))}; fix that and run the same "
+                      "command again to resume", file=sys.stderr)
                 return 1
             if not torrent.is_complete:
                 print("interrupted before the download finished; run the same command again to resume",
                       file=sys.stderr)
                 return 130
-            print(f"complete: {os.path.join(data_dir, info.name)}", file=sys.stderr, flush=True)
+            print(f"complete: {escape_text(os.path.join(data_dir, info.name))}", file=sys.stderr, flush=True)
         if seed:
             await wait_any(stop, torrent.failed, interval=1.0, tick=tick)
             progress.done()
             if torrent.failed.is_set():
-                print(f"webtorrent-bridge: error: {torrent.error}", file=sys.stderr)
+                print(f"webtorrent-bridge: error: {escape_text(str(torrent.error))}", file=sys.stderr)
                 code = 1
         return code
     finally:
@@ -390,6 +430,8 @@ def cmd_tracker(args: argparse.Namespace) -> int:
     check_port(args.port)
     if not 10 <= args.interval <= 3600:
         raise UsageError(f"--interval must be between 10 and 3600 seconds, not {args.interval}")
+    if args.max_connections < 1:
+        raise UsageError(f"--max-connections must be at least 1, not {args.max_connections}")
 
     async def run() -> int:
         stop = asyncio.Event()
@@ -401,7 +443,8 @@ def cmd_tracker(args: argparse.Namespace) -> int:
                   f"UDP announce: {server.udp_announce_url}", flush=True)
 
         try:
-            await run_tracker(args.host, args.port, stop, interval=args.interval, ready=ready)
+            await run_tracker(args.host, args.port, stop, interval=args.interval, ready=ready,
+                              max_connections=args.max_connections)
         except OSError as e:
             raise UsageError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
         return 0
@@ -598,6 +641,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="port for HTTP and WebSocket, and UDP (default 8000)")
     p.add_argument("--interval", type=int, default=DEFAULT_TRACKER_INTERVAL, metavar="SECONDS",
                    help=f"announce interval given to clients, 10..3600 (default {DEFAULT_TRACKER_INTERVAL})")
+    p.add_argument("--max-connections", type=int, default=DEFAULT_TRACKER_MAX_CONNECTIONS, metavar="N",
+                   help=f"WebSocket connections served at once; more get HTTP 503 (default "
+                        f"{DEFAULT_TRACKER_MAX_CONNECTIONS}; the open-files limit must be above it)")
     p.set_defaults(func=cmd_tracker)
 
     p = sub.add_parser("serve", help="run as a long-lived seedbox with a JSON API, web page and streaming",
@@ -649,16 +695,16 @@ def main(argv: list[str] | None = None) -> int:
         else:
             log_format = resolve_log_format(args.log_format, os.environ)
     except SettingsError as e:
-        print(f"webtorrent-bridge: error: {e}", file=sys.stderr)
+        print(f"webtorrent-bridge: error: {escape_text(str(e))}", file=sys.stderr)
         return 2
     setup_logging(level, log_format)
     try:
         return int(args.func(args))
     except (UsageError, SettingsError) as e:
-        print(f"webtorrent-bridge: error: {e}", file=sys.stderr)
+        print(f"webtorrent-bridge: error: {escape_text(str(e))}", file=sys.stderr)
         return 2
     except BridgeError as e:
-        print(f"webtorrent-bridge: error: {e}", file=sys.stderr)
+        print(f"webtorrent-bridge: error: {escape_text(str(e))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

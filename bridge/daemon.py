@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import ipaddress
 import logging
 import os
+import stat
 import time
+import urllib.parse
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +25,8 @@ from .config import SessionConfig
 from .create import make_info
 from .engine.session import Session
 from .engine.torrent import Torrent
-from .errors import BridgeError, MetainfoError
+from .errors import BridgeError, MetainfoError, StorageError
+from .looplag import LoopLagMonitor
 from .proto.metainfo import (
     MAX_TORRENT_SIZE,
     InfoDict,
@@ -50,6 +55,8 @@ MAX_TORRENTS = 5000
 MAX_ADD_PEERS = 50
 #: Seconds an "add by URL" waits for the .torrent.
 URL_FETCH_TIMEOUT = 30.0
+#: Redirects an "add by URL" follows (each one to http:// or https:// only).
+MAX_URL_REDIRECTS = 5
 #: Seconds the shutdown may take before the rest is abandoned (SIGTERM must exit within 10 s).
 SHUTDOWN_BUDGET = 8.0
 
@@ -81,7 +88,13 @@ class ApiError(BridgeError):
 
 
 def is_loopback(host: str) -> bool:
-    return host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.")
+    """Only a literal loopback address or "localhost": a name like "127.example.org" may resolve anywhere."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class Entry:
@@ -95,6 +108,8 @@ class Entry:
         self.state = "paused" if record.paused else "starting"
         self.error: str | None = None
         self.saved_pieces = -1
+        #: the torrent failed (disk full ...) and was stopped; kept for its figures until resumed or removed
+        self.halted = False
 
     @property
     def info_hash(self) -> str:
@@ -115,6 +130,8 @@ class Daemon:
         self.tracker: TrackerServer | None = None
         self.http: HttpServer | None = None
         self.started_at = time.time()
+        #: how late this process's event loop runs timers (on /metrics)
+        self.loop_lag = LoopLagMonitor(name="serve event loop")
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
         #: counters of removed torrents, so the metrics' totals never go down
@@ -126,6 +143,7 @@ class Daemon:
         from .server.app import start_api_server
 
         os.makedirs(self.options.data_dir, exist_ok=True)
+        self.loop_lag.start()
         if self.options.tracker:
             self.tracker = await start_tracker(self.options.host, self.options.tracker_port)
         await self.session.start()
@@ -147,16 +165,16 @@ class Daemon:
                 for task in list(self._tasks):
                     task.cancel()
                 await asyncio.gather(*self._tasks, return_exceptions=True)
-                await self._save_all_resume()
-                for entry in self.entries.values():
-                    if entry.task is not None:
-                        entry.task.cancel()
+                await self._save_all_resume()  # first, in case stopping takes the rest of the budget
+                # Each torrent stops (announcing stopped), then its resume data is saved again.
+                await asyncio.gather(*(self._stop(entry) for entry in list(self.entries.values())))
                 await self.session.aclose()
         except TimeoutError:
             log.warning("shutdown took longer than %g s; exiting anyway", SHUTDOWN_BUDGET)
         finally:
             if self.tracker is not None:
                 await self.tracker.close()
+            await self.loop_lag.stop()
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[None]:
         task = asyncio.create_task(coro, name=name)
@@ -211,9 +229,12 @@ class Daemon:
             raise ApiError(409, "this torrent is already added")
         record = TorrentRecord(info_hash=info_hash, name=name, source=source, magnet=magnet, save_path=save_path,
                                paused=paused, added_at=time.time(), peers=peer_list)
-        if raw is not None:
-            await asyncio.to_thread(self.store.save_metainfo, info_hash, raw)
-        await asyncio.to_thread(self.store.save_record, record)
+        try:
+            if raw is not None:
+                await asyncio.to_thread(self.store.save_metainfo, info_hash, raw)
+            await asyncio.to_thread(self.store.save_record, record)
+        except OSError as e:
+            raise self._state_error(e) from None
         entry = Entry(record)
         self.entries[info_hash] = entry
         if not paused:
@@ -222,17 +243,28 @@ class Daemon:
         return entry
 
     async def _fetch_url(self, url: str) -> bytes:
-        if not url.lower().startswith(("http://", "https://")):
-            raise ApiError(400, "url must be http:// or https://")
+        """GET an http(s) URL, following at most MAX_URL_REDIRECTS redirects, each checked to be http(s)
+        too (never file:, ftp:, data: ...), within URL_FETCH_TIMEOUT seconds in all."""
+        _check_http_url(url, "url")
         http = self.session.http
         assert http is not None
         try:
-            async with asyncio.timeout(URL_FETCH_TIMEOUT), http.get(url, max_redirects=5) as resp:
-                if resp.status != 200:
-                    raise ApiError(502, f"fetching the torrent: HTTP {resp.status}")
-                if resp.content_length is not None and resp.content_length > MAX_TORRENT_SIZE:
-                    raise ApiError(400, "the .torrent at that URL is too large")
-                data = await resp.content.read(MAX_TORRENT_SIZE + 1)
+            async with asyncio.timeout(URL_FETCH_TIMEOUT):
+                for _ in range(MAX_URL_REDIRECTS + 1):
+                    async with http.get(url, allow_redirects=False) as resp:
+                        if resp.status in (301, 302, 303, 307, 308):
+                            target = resp.headers.get("Location", "")
+                            url = urllib.parse.urljoin(url, target)
+                            _check_http_url(url, "a redirect")
+                            continue
+                        if resp.status != 200:
+                            raise ApiError(502, f"fetching the torrent: HTTP {resp.status}")
+                        if resp.content_length is not None and resp.content_length > MAX_TORRENT_SIZE:
+                            raise ApiError(400, "the .torrent at that URL is too large")
+                        data = await resp.content.read(MAX_TORRENT_SIZE + 1)
+                        break
+                else:
+                    raise ApiError(502, f"fetching the torrent: more than {MAX_URL_REDIRECTS} redirects")
         except ApiError:
             raise
         except (OSError, TimeoutError, Exception) as e:  # aiohttp errors, bad URLs
@@ -266,9 +298,9 @@ class Daemon:
 
     async def _run(self, entry: Entry) -> None:
         record = entry.record
-        peers = [parse_hostport(p) for p in record.peers]
         extra = [[u] for u in self._extra_trackers()]
         try:
+            peers = [parse_hostport(p) for p in record.peers]
             raw = await asyncio.to_thread(self.store.metainfo, record.info_hash)
             if raw is None:
                 if record.magnet is None:
@@ -307,6 +339,13 @@ class Daemon:
             await torrent.failed.wait()
             entry.error = torrent.error
             entry.state = "error"
+            # Stop it (peers, trackers, files; the other torrents go on), then record what is verified:
+            # every piece in ``have`` was written whole before it got there.
+            self.session.torrents.pop(torrent.info_hash, None)
+            entry.halted = True
+            await torrent.stop()
+            await torrent.storage.drain()
+            await self._save_resume(entry, force=True)
         except asyncio.CancelledError:
             raise
         except (BridgeError, OSError, ValueError) as e:
@@ -314,19 +353,41 @@ class Daemon:
             entry.state = "error"
             log.error("[%s] %s", record.name or record.info_hash[:8], e)
 
+    def _state_error(self, e: OSError) -> ApiError:
+        """An ApiError for a state file that cannot be written (507 when the disk is full)."""
+        full = e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+        return ApiError(507 if full else 500, f"cannot save the state in {self.store.root}: {e.strerror or e}")
+
+    async def _save_record(self, record: TorrentRecord) -> None:
+        try:
+            await asyncio.to_thread(self.store.save_record, record)
+        except OSError as e:
+            raise self._state_error(e) from None
+
     async def pause(self, entry: Entry) -> None:
         if entry.record.paused:
             return
         entry.record.paused = True
-        await asyncio.to_thread(self.store.save_record, entry.record)
+        try:
+            await self._save_record(entry.record)
+        except ApiError:
+            entry.record.paused = False
+            raise
         await self._stop(entry)
         entry.state = "paused"
 
     async def resume(self, entry: Entry) -> None:
+        """Start a paused torrent, or restart one that stopped on an error (after the disk was freed, say)."""
         if not entry.record.paused and entry.task is not None and not entry.task.done():
             return
+        was_paused = entry.record.paused
         entry.record.paused = False
-        await asyncio.to_thread(self.store.save_record, entry.record)
+        try:
+            await self._save_record(entry.record)
+        except ApiError:
+            entry.record.paused = was_paused
+            raise
+        await self._stop(entry)  # a torrent that failed is still known to the session: forget it first
         self._launch(entry)
 
     async def remove(self, entry: Entry, delete_data: bool) -> None:
@@ -348,23 +409,35 @@ class Daemon:
             raise ApiError(400, f"give one priority per file ({len(entry.info.files)})")
         if any(not isinstance(p, int) or isinstance(p, bool) or not 0 <= p <= 7 for p in priorities):
             raise ApiError(400, "priorities are integers from 0 (skip) to 7")
+        old = entry.record.priorities
         entry.record.priorities = list(priorities)
-        await asyncio.to_thread(self.store.save_record, entry.record)
+        try:
+            await self._save_record(entry.record)
+        except ApiError:
+            entry.record.priorities = old
+            raise
         if entry.torrent is not None:
             entry.torrent.set_file_priorities(priorities)
 
     async def _stop(self, entry: Entry) -> None:
+        """Stop the torrent, wait for its last writes, then save its resume data: no write comes after the
+        files' mtimes are recorded, so the fast check passes at the next start."""
         torrent = entry.torrent
         if torrent is not None:
-            await self._save_resume(entry)
-            self.session.torrents.pop(torrent.info_hash, None)
-            with contextlib.suppress(Exception):
-                await torrent.stop()
+            if self.session.torrents.get(torrent.info_hash) is torrent:
+                del self.session.torrents[torrent.info_hash]
+            if not entry.halted:
+                with contextlib.suppress(Exception):
+                    await torrent.stop()
+            await torrent.storage.drain()
+            # A complete torrent writes nothing: its resume data saved at completion still holds.
+            await self._save_resume(entry, force=not torrent.is_complete)
         if entry.task is not None:
             entry.task.cancel()
             await asyncio.gather(entry.task, return_exceptions=True)
         entry.torrent = None
         entry.task = None
+        entry.halted = False
 
     # ---------------------------------------------------------------------------------- resume data
     async def _resume_loop(self) -> None:
@@ -376,18 +449,23 @@ class Daemon:
         for entry in list(self.entries.values()):
             await self._save_resume(entry)
 
-    async def _save_resume(self, entry: Entry) -> None:
+    async def _save_resume(self, entry: Entry, force: bool = False) -> None:
+        """Save the torrent's resume data if it has new pieces (or ``force``: after it stopped, so that the
+        files' mtimes are the final ones)."""
         torrent = entry.torrent
         if torrent is None:
             return
         have = torrent.picker.have
-        if len(have) == entry.saved_pieces:
+        if len(have) == entry.saved_pieces and not force:
             return
         try:
+            # The pieces first, then fsync, then the files' sizes and mtimes: what the record lists is on
+            # the disk, and any write after the stamps makes the fast check fail at the next start.
             snapshot = type(have).from_bytes(have.to_bytes(), torrent.info.num_pieces)
+            await asyncio.to_thread(torrent.storage.sync)
             await asyncio.to_thread(self.store.save_resume, torrent.info, entry.record.save_path, snapshot)
             entry.saved_pieces = len(snapshot)
-        except OSError as e:
+        except (OSError, StorageError) as e:
             log.warning("[%s] cannot save resume data: %s", torrent.tag, e)
 
     # ----------------------------------------------------------------------------------- views
@@ -464,19 +542,34 @@ class Daemon:
                 "tracker": self.tracker.ws_url if self.tracker is not None else None}
 
 
+def _check_http_url(url: str, what: str) -> None:
+    if urllib.parse.urlsplit(url).scheme.lower() not in ("http", "https"):
+        raise ApiError(400, f"{what} must be http:// or https://, not {url[:80]!r}")
+
+
 def _delete_data(info: InfoDict, save_path: str) -> None:
-    """Delete a removed torrent's files (only its own paths, never outside save_path)."""
+    """Delete a removed torrent's files: only regular files at the torrent's own paths, reached without a
+    symlink (a symlink is never followed, so nothing outside save_path nor another torrent's file goes)."""
     root = os.path.realpath(save_path)
-    top = os.path.join(root, info.files[0].path[0]) if info.files else None
+
+    def direct(path: str) -> bool:  # no symlink between root and path, path included
+        return os.path.realpath(path) == path
+
     for f in info.files:
-        path = os.path.realpath(os.path.join(root, *f.path))
-        if os.path.commonpath([root, path]) == root and os.path.isfile(path):
-            with contextlib.suppress(OSError):
+        path = os.path.join(root, *f.path)
+        if f.padding or not os.path.lexists(path):
+            continue
+        try:
+            if direct(path) and stat.S_ISREG(os.lstat(path).st_mode):
                 os.unlink(path)
-    if len(info.files) > 1 and top is not None:
-        real_top = os.path.realpath(top)
-        if os.path.commonpath([root, real_top]) == root and real_top != root and os.path.isdir(real_top):
-            # Only now-empty folders of the torrent go.
-            for dirpath, _, _ in sorted(os.walk(real_top), key=lambda w: -len(w[0])):
+            else:
+                log.info("not deleting %s: not a regular file reached without a symlink", path)
+        except OSError as e:
+            log.warning("cannot delete %s: %s", path, e.strerror or e)
+    if len(info.files) > 1:
+        top = os.path.join(root, info.files[0].path[0])
+        if direct(top) and os.path.isdir(top):
+            # Only now-empty folders of the torrent go (os.walk does not descend into symlinks).
+            for dirpath, _, _ in sorted(os.walk(top), key=lambda w: -len(w[0])):
                 with contextlib.suppress(OSError):
                     os.rmdir(dirpath)

@@ -21,6 +21,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .errors import BridgeError
 from .proto.metainfo import InfoDict
 from .swarm.bitfield import Bitfield
 
@@ -50,23 +51,41 @@ class TorrentRecord:
     seed: bool = True
 
 
+def _check_types(record: TorrentRecord) -> None:
+    """A record edited by hand (or damaged) must not crash the daemon later: check every field's type."""
+    r = record
+    ok = (all(isinstance(v, str) for v in (r.info_hash, r.name, r.source, r.save_path))
+          and (r.magnet is None or isinstance(r.magnet, str))
+          and isinstance(r.paused, bool) and isinstance(r.seed, bool)
+          and isinstance(r.added_at, int | float) and not isinstance(r.added_at, bool)
+          and isinstance(r.priorities, list)
+          and all(isinstance(p, int) and not isinstance(p, bool) and 0 <= p <= 7 for p in r.priorities)
+          and isinstance(r.peers, list) and all(isinstance(p, str) for p in r.peers))
+    if not ok:
+        raise TypeError("a field has the wrong type")
+
+
 def file_stamps(info: InfoDict, save_path: str) -> list[list[int]]:
     """[size, mtime_ns] per file (-1, -1 when missing): what the fast check compares."""
     out = []
     for f in info.files:
         path = os.path.join(save_path, *f.path)
         try:
-            st = os.stat(path)
+            st = os.lstat(path)  # a symlink is never followed (storage refuses to use one anyway)
             out.append([st.st_size, st.st_mtime_ns])
         except OSError:
             out.append([-1, -1])
     return out
 
 
+#: Prefix of the temporary files of _write_atomic (one left behind means a crash in the middle of a save).
+TMP_PREFIX = ".tmp-"
+
+
 def _write_atomic(path: str, data: bytes) -> None:
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -96,6 +115,13 @@ class StateStore:
         self.resume_dir = os.path.join(self.root, "resume")
         os.makedirs(self.torrents_dir, exist_ok=True)
         os.makedirs(self.resume_dir, exist_ok=True)
+        for folder in (self.torrents_dir, self.resume_dir):
+            for name in os.listdir(folder):
+                if name.startswith(TMP_PREFIX):  # a save cut short by a crash; the old file is intact
+                    try:
+                        os.unlink(os.path.join(folder, name))
+                    except OSError:
+                        pass
 
     # ----------------------------------------------------------------------------- records
     def save_record(self, record: TorrentRecord) -> None:
@@ -121,8 +147,11 @@ class StateStore:
                 continue
             try:
                 raw = _read_json(os.path.join(self.torrents_dir, name))
+                if not isinstance(raw, dict):
+                    raise ValueError("not a JSON object")
                 known = {k: v for k, v in raw.items() if k in TorrentRecord.__dataclass_fields__}
                 record = TorrentRecord(**known)
+                _check_types(record)
                 if len(record.info_hash) != 40 or name != f"{record.info_hash}.json":
                     raise ValueError("info_hash does not match the file name")
                 bytes.fromhex(record.info_hash)
@@ -152,6 +181,8 @@ class StateStore:
         path = os.path.join(self.resume_dir, f"{info.info_hash.hex()}.json")
         try:
             doc = _read_json(path)
+            if not isinstance(doc, dict):
+                raise ValueError("not a JSON object")
             if doc.get("info_hash") != info.info_hash.hex() or doc.get("num_pieces") != info.num_pieces:
                 return None
             if doc.get("files") != file_stamps(info, save_path):
@@ -160,6 +191,6 @@ class StateStore:
             return Bitfield.from_bytes(bytes.fromhex(doc["pieces"]), info.num_pieces)
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, TypeError, KeyError) as e:
+        except (OSError, ValueError, TypeError, KeyError, BridgeError) as e:  # BridgeError: a bad bitfield
             log.warning("[%s] resume data unusable (%s): checking the files", info.name[:24], e)
             return None

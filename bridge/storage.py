@@ -7,13 +7,16 @@ is checked to stay inside the download directory, symlinks included.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import logging
 import os
+import stat
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from .errors import StorageError
 from .proto.metainfo import InfoDict
@@ -29,6 +32,22 @@ READ_CACHE_BYTES = 64 * 1024 * 1024
 RECHECK_BATCH_BYTES = 32 * 1024 * 1024
 
 ProgressFn = Callable[[int, int], None]
+T = TypeVar("T")
+
+#: errno values that mean "no room left" (the disk, or the user's quota).
+_NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+class DiskFullError(StorageError):
+    """A write failed because the disk (or quota) is full. Nothing unverified was recorded: free some
+    space and resume; pieces already written still verify."""
+
+
+def _io_error(action: str, path: str, e: OSError) -> StorageError:
+    reason = e.strerror or str(e)
+    if e.errno in _NO_SPACE:
+        return DiskFullError(f"disk full: cannot {action} {path}: {reason}")
+    return StorageError(f"cannot {action} {path}: {reason}")
 
 
 def default_executor() -> ThreadPoolExecutor:
@@ -46,6 +65,11 @@ class FileStorage:
         self.executor: Executor = executor or default_executor()
         self._fds: dict[int, int] = {}
         self._fd_lock = threading.Lock()
+        #: executor jobs submitted and not finished: close() leaves the files open until they are done, so
+        #: a write still running in a thread can never land in a file that reused a closed descriptor
+        self._inflight = 0
+        self._close_pending = False
+        self._idle = threading.Condition(self._fd_lock)
         self._cache: OrderedDict[int, bytes] = OrderedDict()
         self._cache_bytes = 0
         self._loading: dict[int, asyncio.Future[bytes]] = {}
@@ -91,7 +115,10 @@ class FileStorage:
                     raise StorageError(f"cannot create {path}") from None
                 return None
             except OSError as e:
-                raise StorageError(f"cannot open {path}: {e.strerror or e}") from None
+                raise _io_error("open", path, e) from None
+            if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or device placed in the data directory
+                os.close(fd)
+                raise StorageError(f"{path} is not a regular file")
             self._fds[file_index] = fd
             return fd
 
@@ -130,7 +157,7 @@ class FileStorage:
                     try:
                         done += os.pwrite(fd, chunk[done:], foff + done)
                     except OSError as e:
-                        raise StorageError(f"cannot write {self.paths[fi]}: {e.strerror or e}") from None
+                        raise _io_error("write", self.paths[fi], e) from None
             pos += n
 
     def _verify_write_sync(self, index: int, blocks: Sequence[bytes | memoryview | None]) -> bool:
@@ -157,13 +184,42 @@ class FileStorage:
         return good
 
     # ------------------------------------------------------------------------------------- async
-    async def _run(self, fn: Callable[..., object], *args: object) -> object:
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+    def _submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """Run ``fn`` in the disk threads, counted in _inflight until it has finished (or was cancelled
+        before it started)."""
+        with self._fd_lock:
+            self._inflight += 1
+        try:
+            job: Future[T] = self.executor.submit(fn, *args)
+        except BaseException:
+            self._job_done()
+            raise
+        job.add_done_callback(self._job_done)
+        return asyncio.wrap_future(job)
+
+    def _job_done(self, _job: object = None) -> None:
+        with self._fd_lock:
+            self._inflight -= 1
+            if self._inflight == 0:
+                if self._close_pending:
+                    self._close_pending = False
+                    self._close_fds()
+                self._idle.notify_all()
+
+    async def drain(self, timeout: float = 10.0) -> bool:
+        """Wait until no read or write runs in a thread (after close(), before the files' mtimes are
+        recorded). False if that took more than ``timeout`` seconds."""
+        def wait() -> bool:
+            with self._idle:
+                return self._idle.wait_for(lambda: self._inflight == 0, timeout)
+        with self._fd_lock:
+            if self._inflight == 0:
+                return True
+        return await asyncio.to_thread(wait)
 
     async def verify_and_write(self, index: int, blocks: Sequence[bytes | memoryview | None]) -> bool:
         """Hash the concatenated ``blocks`` as piece ``index``; write them only if it matches."""
-        ok = await self._run(self._verify_write_sync, index, blocks)
-        return bool(ok)
+        return await self._submit(self._verify_write_sync, index, blocks)
 
     def _recheck_candidates(self) -> list[int]:
         """Pieces whose files all exist (stat calls: run in a thread)."""
@@ -184,8 +240,7 @@ class FileStorage:
         ``progress(done, total)`` counts bytes of the pieces whose files exist."""
         info = self.info
         have = Bitfield(info.num_pieces)
-        loop = asyncio.get_running_loop()
-        candidates = await loop.run_in_executor(self.executor, self._recheck_candidates)
+        candidates = await self._submit(self._recheck_candidates)
         total = sum(info.piece_size(i) for i in candidates)
         per_batch = max(1, RECHECK_BATCH_BYTES // info.piece_length)
         batches = [candidates[k : k + per_batch] for k in range(0, len(candidates), per_batch)]
@@ -200,7 +255,7 @@ class FileStorage:
                 batch = next(it, None)
                 if batch is None:
                     break
-                fut = loop.run_in_executor(self.executor, self._check_batch_sync, batch)
+                fut = self._submit(self._check_batch_sync, batch)
                 pending[fut] = sum(info.piece_size(i) for i in batch)
             if not pending:
                 break
@@ -232,7 +287,7 @@ class FileStorage:
     def _start_load(self, index: int) -> asyncio.Future[bytes]:
         fut = self._loading.get(index)
         if fut is None:
-            fut = asyncio.get_running_loop().run_in_executor(self.executor, self._read_piece_sync, index)
+            fut = self._submit(self._read_piece_sync, index)
             self._loading[index] = fut
             fut.add_done_callback(lambda f: self._loaded(index, f))
         return fut
@@ -263,13 +318,39 @@ class FileStorage:
             if os.fstat(fd).st_size != f.length:
                 os.ftruncate(fd, f.length)
 
-    def close(self) -> None:
-        with self._fd_lock:
-            for fd in self._fds.values():
+    def sync(self) -> None:
+        """fsync every file of the torrent that exists (blocking: call it in a thread), open or closed.
+        Run before recording resume data, so that the pieces it lists are on the disk itself, not only in
+        the page cache, should the machine go down. Raises StorageError when the data may not be there
+        (then the resume data must not be saved)."""
+        for fi, path in enumerate(self.paths):
+            if self.info.files[fi].padding or not os.path.lexists(path):
+                continue
+            try:
+                self._check_real(os.path.dirname(path))
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
                 try:
+                    os.fsync(fd)
+                finally:
                     os.close(fd)
-                except OSError:
-                    pass
-            self._fds.clear()
+            except OSError as e:
+                raise _io_error("sync", path, e) from None
+
+    def _close_fds(self) -> None:
+        """Close the open files (with _fd_lock held); they are opened again when needed."""
+        for fd in self._fds.values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._fds.clear()
+
+    def close(self) -> None:
+        """Close the files now, or as soon as the reads and writes running in threads are done."""
+        with self._fd_lock:
+            if self._inflight:
+                self._close_pending = True
+            else:
+                self._close_fds()
         if self._own_executor:
             self.executor.shutdown(wait=False)

@@ -92,6 +92,10 @@ def test_bad_peer_argument(sample, tmp_path):
     assert_clean_error(res, "--peer")
 
 
+def test_tracker_bad_max_connections():
+    assert_clean_error(bridge("tracker", "--port", "0", "--max-connections", "0"), "--max-connections")
+
+
 def test_seed_download_roundtrip_and_clean_shutdown(sample, tmp_path):
     t = tmp_path / "x.torrent"
     assert bridge("create", str(sample), "-o", str(t)).returncode == 0

@@ -27,13 +27,16 @@ TOKEN = "test-token-" + "x" * 20
 class Serve:
     """One `serve` process on 127.0.0.1 with free ports; talks to its API with urllib."""
 
-    def __init__(self, tmp: Path, *extra: str, token: str | None = TOKEN, webrtc: bool = False) -> None:
+    def __init__(self, tmp: Path, *extra: str, token: str | None = TOKEN, webrtc: bool = False,
+                 command: list[str] | None = None, data: Path | None = None) -> None:
+        """``command`` runs the bridge instead of ``python -m bridge`` (a mount namespace, a slow disk);
+        with ``data`` the data folder is that one and the state folder the default, under it."""
         self.tmp = tmp
         self.token = token
         self.log = tmp / f"serve-{time.monotonic_ns()}.log"
-        args = [sys.executable, "-m", "bridge", "-v", "serve", "--http-port", "0", "--port", "0", "--peer-host",
-                "127.0.0.1", "--data-dir", str(tmp / "data"), "--state-dir", str(tmp / "state"),
-                *([] if webrtc else ["--no-webrtc"]), *extra]
+        dirs = ["--data-dir", str(data)] if data else ["--data-dir", str(tmp / "data"), "--state-dir", str(tmp / "state")]
+        args = [*(command or [sys.executable, "-m", "bridge"]), "-v", "serve", "--http-port", "0", "--port", "0",
+                "--peer-host", "127.0.0.1", *dirs, *([] if webrtc else ["--no-webrtc"]), *extra]
         if token:
             args += ["--api-token", token]
         self.logf = open(self.log, "wb")  # noqa: SIM115 -- closed in stop()

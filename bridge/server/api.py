@@ -1,13 +1,15 @@
 """The JSON API of `serve`, under /api/v1/ (documented in OpenAPI at /api/v1/openapi.json).
 
-Every answer is JSON; errors are ``{"error": message}`` with the right status. When the daemon has a
-token, every route but /api/v1/health needs ``Authorization: Bearer <token>``.
+Every answer is JSON; errors are ``{"error": message}`` with the right status (507 when the state cannot
+be saved because the disk is full). When the daemon has a token, every route but /api/v1/health needs
+``Authorization: Bearer <token>``.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import hmac
 import json
 from collections.abc import Awaitable, Callable
@@ -73,6 +75,9 @@ def _middleware(token: str | None) -> Callable[[web.Request, Handler], Awaitable
             return await handler(request)
         except ApiError as e:
             return _error(e.status, str(e))
+        except OSError as e:  # a state file or folder that cannot be written: still a JSON answer
+            full = e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+            return _error(507 if full else 500, f"{type(e).__name__}: {e.strerror or e}")
         except web.HTTPException as e:
             if e.status >= 400:
                 return _error(e.status, e.reason if e.text is None or e.text.startswith(str(e.status)) else e.text)
@@ -246,7 +251,8 @@ OPENAPI: dict[str, Any] = {
                          "multipart/form-data": {"schema": {"type": "object", "properties": {
                              "torrent": {"type": "string", "format": "binary"}}}}}},
                      "responses": {"201": _ok("added", {"$ref": "#/components/schemas/Torrent"}),
-                                   "400": _ERROR, "401": _ERROR, "409": _ERROR, "502": _ERROR}},
+                                   "400": _ERROR, "401": _ERROR, "409": _ERROR, "502": _ERROR,
+                                   "507": _ERROR}},
         },
         "/api/v1/torrents/{infohash}": {
             "get": {"summary": "one torrent with files, pieces and peers", "parameters": _IH,
@@ -256,12 +262,13 @@ OPENAPI: dict[str, Any] = {
                 "responses": {"200": _ok("removed"), "404": _ERROR}},
         },
         "/api/v1/torrents/{infohash}/pause": {"post": {"summary": "pause", "parameters": _IH,
-                                                       "responses": {"200": _ok("paused"), "404": _ERROR}}},
-        "/api/v1/torrents/{infohash}/resume": {"post": {"summary": "resume", "parameters": _IH,
-                                                        "responses": {"200": _ok("resumed"), "404": _ERROR}}},
+                                                       "responses": {"200": _ok("paused"), "404": _ERROR, "507": _ERROR}}},
+        "/api/v1/torrents/{infohash}/resume": {"post": {"summary": "resume (also restarts a torrent in state "
+                                                        "error, e.g. after disk space was freed)", "parameters": _IH,
+                                                        "responses": {"200": _ok("resumed"), "404": _ERROR, "507": _ERROR}}},
         "/api/v1/torrents/{infohash}/priorities": {"put": {
             "summary": "file priorities: {\"files\": [0..7 per file]} (0 skips a file)", "parameters": _IH,
             "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}},
-            "responses": {"200": _ok("torrent"), "400": _ERROR, "404": _ERROR}}},
+            "responses": {"200": _ok("torrent"), "400": _ERROR, "404": _ERROR, "507": _ERROR}}},
     },
 }

@@ -2,7 +2,8 @@
 
 Everything is read from the daemon when scraped, through a collector on a registry of our own (not the
 process-global one): bytes by kind of peer, bytes relayed between the classic and browser swarms, peers by
-kind, torrents by state, tracker announce results and hash failures.
+kind, torrents by state, tracker announce results, hash failures, and the event loop's lag
+(bridge/looplag.py: a histogram since start, the largest lag, and p50/p99/max of the last minute).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from ..daemon import PEER_KINDS as KINDS
 from ..engine.announcer import ANNOUNCE_RESULTS
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from ..daemon import Daemon
 
 __all__ = ["add_metrics_route"]
+
 
 class _Collector:
     def __init__(self, daemon: Daemon) -> None:
@@ -75,6 +77,21 @@ class _Collector:
         yield m
         yield CounterMetricFamily("bridge_hash_failures", "Pieces that failed their hash check",
                                   value=hash_failures)
+        lag = d.loop_lag
+        yield HistogramMetricFamily(
+            "bridge_event_loop_lag_seconds",
+            f"How late a {lag.interval:g} s timer fired on the event loop (the loop was busy that long)",
+            buckets=[("+Inf" if le == float("inf") else repr(le), n) for le, n in lag.cumulative()],
+            sum_value=lag.total)
+        yield GaugeMetricFamily("bridge_event_loop_lag_max_seconds", "Largest event-loop lag since start",
+                                value=lag.max)
+        g = GaugeMetricFamily("bridge_event_loop_lag_recent_seconds",
+                              "Event-loop lag over the last minute: p50, p99 and max (quantile 1)",
+                              labels=["quantile"])
+        recent = lag.recent_quantiles()
+        for q, key in (("0.5", "p50"), ("0.99", "p99"), ("1", "max")):
+            g.add_metric([q], recent[key])
+        yield g
 
 
 def add_metrics_route(app: web.Application, daemon: Daemon) -> None:

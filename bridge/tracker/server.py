@@ -3,7 +3,7 @@
 * ``GET /`` with a WebSocket upgrade: WebTorrent signalling (the bittorrent-tracker protocol), codec
   :mod:`bridge.proto.wstracker`.
 * ``GET /announce`` and ``GET /scrape``: BEP 3 / 7 / 23 / 48 over HTTP, codec :mod:`bridge.tracker.codec`.
-* ``GET /stats``: JSON counters.
+* ``GET /stats``: JSON counters, and the event loop's lag (``loop_lag``, see bridge/looplag.py).
 * UDP on the same port number: BEP 15 connect, announce and scrape.
 
 All swarm logic is in :class:`bridge.tracker.state.SwarmRegistry`; this module only moves bytes, keeps the
@@ -34,6 +34,7 @@ import orjson
 from aiohttp import WSMsgType, web
 
 from ..errors import TrackerError
+from ..looplag import LoopLagMonitor
 from ..proto.wstracker import (
     MAX_MESSAGE_SIZE,
     Announce,
@@ -65,7 +66,7 @@ from .codec import (
     parse_http_scrape,
     parse_udp_request,
 )
-from .state import DEFAULT_INTERVAL, SwarmRegistry
+from .state import DEFAULT_INTERVAL, MAX_WS_CONNECTIONS, SwarmRegistry
 
 __all__ = ["TrackerServer", "start_tracker", "run_tracker", "MAX_WS_CONNECTIONS", "WS_MAX_MESSAGE_SIZE"]
 
@@ -78,9 +79,6 @@ log = logging.getLogger(__name__)
 #: Largest WebSocket message read, in bytes: the codec's limit (64 KiB, as aquatic). aiohttp checks the
 #: frame header, so a larger message closes the connection (code 1009) before its payload is buffered.
 WS_MAX_MESSAGE_SIZE = MAX_MESSAGE_SIZE
-#: Open WebSocket connections at once. Each costs a task, buffers and a file descriptor; further upgrade
-#: requests get HTTP 503.
-MAX_WS_CONNECTIONS = 10_000
 #: Bytes queued for one WebSocket connection before messages to it are dropped. Ten forwarded offers of
 #: ~3 KB SDP are 30 KB; 256 KiB is far beyond a healthy client's backlog.
 MAX_OUTBOX_BYTES = 256 * 1024
@@ -155,6 +153,34 @@ def _request_context(data: str | bytes) -> tuple[str, bytes | None]:
         with contextlib.suppress(UnicodeEncodeError):
             return action, ih.encode("latin-1")
     return action, None
+
+
+def _break_cycles(request: web.Request, ws: web.WebSocketResponse) -> None:
+    """Let reference counting free a finished WebSocket connection, instead of the cyclic GC.
+
+    aiohttp (3.14) leaves two reference cycles behind each closed WebSocket, about 45 objects in all:
+
+    * the exception that ended it, kept as ``ws.exception()`` (a client that goes away without a close
+      frame makes our close frame fail with ClientConnectionResetError, raised while handling EofStream),
+      whose traceback's frames refer back to the WebSocketResponse;
+    * with a heartbeat, the RequestHandler keeps ``ws._on_data_received`` as its data callback after the
+      connection is lost (``connection_lost`` drops the parser but not the callback), and the
+      WebSocketResponse refers to the request, which refers to the RequestHandler.
+
+    Only the cyclic GC frees those. With thousands of connections a full collection is rare and long
+    (0.5-1 s at 10,000 connections), so the garbage of every closed connection piled up until then (RSS
+    growing) and each collection stalled the loop (bench/soak.py). This drops the tracebacks and the
+    callback."""
+    exc = ws.exception()
+    for _ in range(8):  # a chain is a couple of exceptions long; bounded in case of a loop
+        if exc is None:
+            break
+        exc.__traceback__ = None
+        exc = exc.__context__ or exc.__cause__
+    protocol = request.protocol
+    if getattr(protocol, "_data_received_cb", None) is not None:
+        with contextlib.suppress(AttributeError):  # a private attribute of aiohttp's RequestHandler
+            protocol._data_received_cb = None
 
 
 class _OutboxBudget:
@@ -312,10 +338,15 @@ class _UdpTracker(asyncio.DatagramProtocol):
 class TrackerServer:
     """A running embedded tracker. Make one with :func:`start_tracker`; stop it with :meth:`close`."""
 
-    def __init__(self, host: str, interval: int, rng: random.Random | None, secret: bytes | None) -> None:
+    def __init__(self, host: str, interval: int, rng: random.Random | None, secret: bytes | None,
+                 max_connections: int = MAX_WS_CONNECTIONS) -> None:
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
         self.host = host
         self.port = 0
         self.interval = interval
+        self.max_connections = max_connections
+        self.loop_lag = LoopLagMonitor(name="tracker event loop")
         self.state = SwarmRegistry(interval=interval, rng=rng)
         self._ids = ConnectionIds(secret if secret is not None else secrets.token_bytes(32))
         self._conns: set[_WsConn] = set()
@@ -372,6 +403,7 @@ class TrackerServer:
             await self._cleanup()
             raise
         self._expiry = asyncio.create_task(self._expire_loop(), name="tracker-expiry")
+        self.loop_lag.start()
         log.info("tracker listening on %s:%d (http %s, udp %s, ws %s)", self.host, self.port,
                  self.http_announce_url, self.udp_announce_url, self.ws_url)
 
@@ -417,6 +449,7 @@ class TrackerServer:
         log.info("tracker on port %d closed", self.port)
 
     async def _cleanup(self) -> None:
+        await self.loop_lag.stop()
         if self._expiry is not None:
             self._expiry.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -457,6 +490,7 @@ class TrackerServer:
         s["udp_connects"] = self.udp_connects
         s["dropped"] = {"udp": self.udp_dropped, "ws": self._outbox.dropped}
         s["ws_queued_bytes"] = self._outbox.queued
+        s["loop_lag"] = self.loop_lag.snapshot()
         return s
 
     async def _handle_stats(self, request: web.Request) -> web.Response:
@@ -549,7 +583,7 @@ class TrackerServer:
         if not ws.can_prepare(request).ok:
             return web.Response(text="webtorrent-bridge tracker: WebSocket signalling here, "
                                      "HTTP at /announce and /scrape, UDP on this port number\n")
-        if len(self._conns) >= MAX_WS_CONNECTIONS or self._closed:
+        if len(self._conns) >= self.max_connections or self._closed:
             return web.Response(status=503, text="too many connections\n")
         transport = request.transport
         if transport is None:
@@ -580,9 +614,12 @@ class TrackerServer:
             removed = self.state.close_socket(conn)
             if removed:
                 log.debug("ws %s closed: left %d swarms", conn.remote, removed)
-            if not ws.closed:
-                with contextlib.suppress(Exception):
-                    await ws.close()
+            try:
+                if not ws.closed:
+                    with contextlib.suppress(Exception):
+                        await ws.close()
+            finally:
+                _break_cycles(request, ws)
         return ws
 
     def _on_ws_message(self, conn: _WsConn, data: str | bytes) -> None:
@@ -635,11 +672,13 @@ async def start_tracker(
     interval: int = DEFAULT_INTERVAL,
     rng: random.Random | None = None,
     secret: bytes | None = None,
+    max_connections: int = MAX_WS_CONNECTIONS,
 ) -> TrackerServer:
     """Start the embedded tracker on ``host``: TCP ``port`` (0: any free one) for HTTP and WebSocket, and
     UDP on the same port number. ``interval`` is the re-announce interval told to clients (seconds);
-    ``rng`` the random source for peer selection; ``secret`` the key of UDP connection ids (random)."""
-    server = TrackerServer(host, interval, rng, secret)
+    ``rng`` the random source for peer selection; ``secret`` the key of UDP connection ids (random);
+    ``max_connections`` the WebSocket connections served at once."""
+    server = TrackerServer(host, interval, rng, secret, max_connections)
     await server._start(port)
     return server
 
@@ -651,10 +690,11 @@ async def run_tracker(
     *,
     interval: int = DEFAULT_INTERVAL,
     ready: Callable[[TrackerServer], None] | None = None,
+    max_connections: int = MAX_WS_CONNECTIONS,
 ) -> None:
     """Serve until ``stop`` is set (for ``webtorrent-bridge tracker``). ``ready`` is called once the
     tracker listens, with the server (its URLs), so the CLI can print them."""
-    server = await start_tracker(host, port, interval=interval)
+    server = await start_tracker(host, port, interval=interval, max_connections=max_connections)
     try:
         if ready is not None:
             ready(server)

@@ -61,6 +61,7 @@ __all__ = [
     "MAX_OFFERS_PER_ANNOUNCE",
     "DEFAULT_NUMWANT",
     "MAX_NUMWANT",
+    "MAX_WS_CONNECTIONS",
 ]
 
 # ---------------------------------------------------------------------------------------------------------
@@ -96,6 +97,10 @@ MAX_NUMWANT = 200
 #: seed, other seeds), give up after this many draws per wanted peer: a pool of mostly unsuitable peers then
 #: yields fewer peers instead of costing a scan of the whole swarm on every announce.
 _DRAWS_PER_PEER = 4
+#: Open WebSocket connections the server takes at once (its ``max_connections`` default; kept here with
+#: the other limits so the CLI can show it without importing the server). Each costs a task, buffers and a
+#: file descriptor, so the process needs RLIMIT_NOFILE above it; further upgrade requests get HTTP 503.
+MAX_WS_CONNECTIONS = 10_000
 
 Kind = Literal["http", "udp", "ws"]
 KINDS: tuple[Kind, ...] = ("http", "udp", "ws")

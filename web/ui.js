@@ -325,8 +325,8 @@ function makeRow (infohash) {
   refs.name.href = `#torrent=${encodeURIComponent(infohash)}`
   refs.details.addEventListener('click', () => { window.location.hash = `torrent=${infohash}` })
   refs.toggle.addEventListener('click', () => {
-    const paused = row.torrent?.state === 'paused'
-    act(refs.toggle, () => api('POST', `/torrents/${infohash}/${paused ? 'resume' : 'pause'}`))
+    const stopped = isStopped(row.torrent?.state)
+    act(refs.toggle, () => api('POST', `/torrents/${infohash}/${stopped ? 'resume' : 'pause'}`))
   })
   refs.remove.addEventListener('click', () => confirmRemove(row.torrent ?? { infohash, name: '' }))
   return row
@@ -349,7 +349,12 @@ function updateRow (row, t) {
   refs.peers.textContent = formatPeers(t.peers)
   refs.error.textContent = t.error || ''
   refs.error.hidden = !t.error
-  if (!refs.toggle.dataset.busy) refs.toggle.textContent = t.state === 'paused' ? 'Resume' : 'Pause'
+  if (!refs.toggle.dataset.busy) refs.toggle.textContent = isStopped(t.state) ? 'Resume' : 'Pause'
+}
+
+// A paused torrent, or one stopped by an error (a full disk, say): "Resume" starts it again.
+function isStopped (state) {
+  return state === 'paused' || state === 'error'
 }
 
 // Runs an API action from `button`: the button is disabled meanwhile, errors are shown.

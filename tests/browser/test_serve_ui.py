@@ -15,6 +15,7 @@ Screenshots go to the test's tmp_path; their paths are printed.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 from collections.abc import Awaitable, Callable
@@ -195,6 +196,10 @@ async def test_ui_asks_for_the_token_and_manages_torrents_on_a_phone(tmp_path: P
     other.parent.mkdir()
     other.write_bytes(os.urandom(120_000))
     uploaded = harness.torrent(other, piece_length=32 * 1024)
+    fails = tmp_path / "fails" / "fails.bin"
+    fails.parent.mkdir()
+    fails.write_bytes(os.urandom(50_000))
+    broken = harness.torrent(fails, piece_length=32 * 1024)
     s = Serve(tmp_path)  # with a token
     ctx = Context(s, harness)
     try:
@@ -257,6 +262,25 @@ async def test_ui_asks_for_the_token_and_manages_torrents_on_a_phone(tmp_path: P
                 await ctx.step("the Pause button", _wait_text(page, f"{up_row} .t-toggle", "t === 'Pause'"))
                 await page.click(f"{up_row} .t-toggle")
                 await ctx.step("paused again", _wait_text(page, f"{up_row} .t-state", "t === 'paused'"))
+
+                # A torrent stopped by an error (its file in the data folder is a symlink to outside) offers
+                # Resume, which restarts it (and here fails again).
+                outside = tmp_path / "outside.bin"
+                outside.write_bytes(b"not the torrent's")
+                (tmp_path / "data").mkdir(exist_ok=True)
+                (tmp_path / "data" / broken.name).symlink_to(outside)
+                status, added = await asyncio.to_thread(s.call, "POST", "/api/v1/torrents", {
+                    "torrent": base64.b64encode(broken.path.read_bytes()).decode()})
+                assert status == 201, added
+                err_row = f'li.torrent[data-infohash="{broken.info_hash_hex}"]'
+                await ctx.step("the failed torrent", _wait_text(page, f"{err_row} .t-state", "t === 'error'"))
+                await ctx.step("its Resume button", _wait_text(page, f"{err_row} .t-toggle", "t === 'Resume'"))
+                assert await page.is_visible(f"{err_row} .t-error")
+                await page.click(f"{err_row} .t-toggle")
+                await ctx.step("resumed: the error again", _wait_text(page, f"{err_row} .t-state", "t === 'error'"))
+                status, _ = await asyncio.to_thread(s.call, "DELETE", f"/api/v1/torrents/{broken.info_hash_hex}")
+                assert status == 200
+                assert outside.read_bytes() == b"not the torrent's"
 
                 # Usable on a phone: nothing wider than the screen.
                 assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")

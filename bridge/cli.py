@@ -432,6 +432,11 @@ def cmd_tracker(args: argparse.Namespace) -> int:
         raise UsageError(f"--interval must be between 10 and 3600 seconds, not {args.interval}")
     if args.max_connections < 1:
         raise UsageError(f"--max-connections must be at least 1, not {args.max_connections}")
+    limit = raise_open_files(args.max_connections + TRACKER_FD_RESERVE)
+    if limit < args.max_connections + TRACKER_FD_RESERVE:
+        log.warning("the open-files limit is %d (its hard limit too): about %d WebSocket connections at once, "
+                    "not the %d of --max-connections; raise it (ulimit -Hn, or LimitNOFILE= in a systemd unit)",
+                    limit, max(0, limit - TRACKER_FD_RESERVE), args.max_connections)
 
     async def run() -> int:
         stop = asyncio.Event()
@@ -680,6 +685,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Open files asked for at start (the soft RLIMIT_NOFILE, raised towards the hard limit): every peer, tracker
+#: and WebSocket connection is a descriptor, and a common default of 1,024 runs out with a few hundred peers.
+WANTED_OPEN_FILES = 8192
+#: Descriptors the tracker needs besides its WebSocket connections (listening sockets, HTTP clients).
+TRACKER_FD_RESERVE = 256
+
+
+def raise_open_files(wanted: int) -> int:
+    """Raise the soft open-files limit towards ``wanted``, never above the hard limit (no privilege needed);
+    return the soft limit in force afterwards. Never lowers it."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX: nothing to raise
+        return wanted
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return wanted if soft == resource.RLIM_INFINITY else soft
+    new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if new <= soft:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+    except (ValueError, OSError):
+        return soft
+    return new
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -698,6 +730,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"webtorrent-bridge: error: {escape_text(str(e))}", file=sys.stderr)
         return 2
     setup_logging(level, log_format)
+    if args.command in ("download", "seed", "serve", "tracker", "demo"):
+        raise_open_files(WANTED_OPEN_FILES)
     try:
         return int(args.func(args))
     except (UsageError, SettingsError) as e:

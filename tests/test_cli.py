@@ -139,3 +139,49 @@ def test_seed_path_without_data(tmp_path, sample):
     res = bridge("seed", str(t), "-o", str(tmp_path / "elsewhere"), "--port", "0", "--host", "127.0.0.1")
     assert res.returncode == 1
     assert "no data" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_open_files_limit_is_raised_towards_the_hard_limit_never_above(monkeypatch) -> None:
+    import resource
+
+    from bridge import cli
+
+    state = {"soft": 1024, "hard": 4096}
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (state["soft"], state["hard"]))
+
+    def setrlimit(which, limits):
+        soft, hard = limits
+        assert which == resource.RLIMIT_NOFILE and hard == state["hard"] and soft <= hard
+        state["soft"] = soft
+
+    monkeypatch.setattr(resource, "setrlimit", setrlimit)
+    assert cli.raise_open_files(2000) == 2000 and state["soft"] == 2000
+    assert cli.raise_open_files(1500) == 2000  # never lowered
+    assert cli.raise_open_files(10_256) == 4096 and state["soft"] == 4096  # capped at the hard limit
+    state.update(soft=1024, hard=1024)
+    assert cli.raise_open_files(10_256) == 1024
+
+
+def test_tracker_warns_when_the_open_files_limit_is_below_its_connections(tmp_path) -> None:
+    # the hard limit of the child is 300: 10,000 connections can not be served; the tracker says so and runs
+    script = ("import resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (300, 300)); "
+              "from bridge.cli import main; sys.argv[0] = 'webtorrent-bridge'; "
+              "sys.exit(main(['tracker', '--host', '127.0.0.1', '--port', '0']))")
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    lines = []
+    try:
+        while not any("listening on" in line for line in lines):  # bounded by the process: it exits or listens
+            line = proc.stderr.readline()
+            if not line:
+                break
+            lines.append(line)
+        proc.send_signal(signal.SIGINT)
+        _, rest = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = "".join(lines) + rest
+    assert "open-files limit is 300" in err and "about 44 WebSocket connections" in err, err
+    assert proc.returncode == 0, err

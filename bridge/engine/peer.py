@@ -58,6 +58,10 @@ UPLOAD_BATCH_BYTES = 256 * 1024
 #: Pieces read ahead of the one being served, and how far into the request queue to look for them.
 PREFETCH_PIECES = 8
 PREFETCH_SCAN = 256
+#: Bytes of messages (not piece data, which is read as it is sent) queued for a peer that is not reading
+#: them, before it is dropped: each reject, metadata reply or PEX message a peer provokes waits in memory
+#: while its socket is full. An honest peer reads; 4 MiB is a whole metadata dictionary twice over.
+MAX_QUEUED_SEND_BYTES = 4 * 1024 * 1024
 #: Unrequested or unwanted blocks tolerated before the peer is dropped.
 MAX_WASTED_BLOCKS = 500
 #: ut_metadata requests served per connection: every piece a few times over is plenty for an honest peer.
@@ -132,6 +136,7 @@ class Peer:
         self.wasted = 0
         self.refused_requests = 0
         self._out: list[bytes] = []
+        self._out_bytes = 0
         self._wake = asyncio.Event()
         self.closed = False
         self.tag = f"[{torrent.tag} {self.address[0]}:{self.address[1]}]"
@@ -141,8 +146,18 @@ class Peer:
 
     # ------------------------------------------------------------------------------------ output
     def send(self, event: ev.Event) -> None:
-        self._out.append(self.wire.send(event))
+        self._queue(self.wire.send(event))
+
+    def _queue(self, data: bytes) -> None:
+        if self.closed:
+            return  # nothing more goes out (the rest of a batch of messages is still handled)
+        self._out.append(data)
+        self._out_bytes += len(data)
         self._wake.set()
+        if self._out_bytes > MAX_QUEUED_SEND_BYTES and not self.closed:
+            log.info("%s dropped: it is not reading (over %d bytes of messages queued for it)", self.tag,
+                     MAX_QUEUED_SEND_BYTES)
+            self.close("not reading")
 
     def choke(self) -> None:
         if not self.am_choking:
@@ -268,6 +283,7 @@ class Peer:
             while (self._out or (self.requests_in and not self.am_choking)) and not self.closed:
                 chunks: list[bytes | memoryview] = list(self._out)
                 self._out.clear()
+                self._out_bytes = 0
                 budget = UPLOAD_BATCH_BYTES
                 served = 0
                 relayed = 0
@@ -496,7 +512,7 @@ class Peer:
         out = self.outstanding
         for index, begin, length in blocks:
             out[(index, begin)] = length
-        self._out.append(b"".join([encode_request(i, b, n) for i, b, n in blocks]))
+        self._queue(b"".join([encode_request(i, b, n) for i, b, n in blocks]))
         self._wake.set()
 
     def cancel(self, index: int, begin: int) -> None:

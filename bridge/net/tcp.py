@@ -125,8 +125,14 @@ class TcpTransport(asyncio.Protocol):
             await w
 
     def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
+        t = self._transport
+        if t is not None:
+            if t.get_write_buffer_size():
+                # Nothing we still had to say matters, and asyncio would keep the socket (and the buffer)
+                # until a peer that does not read took it all: never, for a hostile one.
+                t.abort()
+            else:
+                t.close()
 
     async def wait_closed(self) -> None:
         await asyncio.shield(self._closed)

@@ -11,6 +11,7 @@ Each scenario prints one ``FAULT | scenario | outcome | figure`` line (see ``pyt
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import struct
@@ -29,6 +30,7 @@ from scripted_peer import (
     PeerConn,
     ScriptedPeer,
     bridge_config,
+    current_rss,
     dial,
     file_sha256,
     lt_wait_seeding,
@@ -45,6 +47,14 @@ from bridge.engine import peer as peer_mod
 from bridge.engine.session import Session
 from bridge.engine.torrent import Torrent
 from bridge.proto import events as ev
+from bridge.proto.extension import (
+    METADATA_REQUEST,
+    ExtendedHandshake,
+    MetadataMessage,
+    decode_handshake,
+    encode_handshake,
+    encode_metadata,
+)
 from bridge.proto.metainfo import InfoDict
 from bridge.swarm.bitfield import Bitfield
 
@@ -448,6 +458,51 @@ async def test_request_flood_over_a_socket_is_dropped(tmp_path: Path, unchoked: 
                f"dropped; queue <= {most_queued} requests, <= {most_out} bytes of replies queued",
                f"dropped {dropped_after * 1000:.0f} ms after the burst (socket closed {closed_after:.2f} s), "
                f"peak Python heap +{mib(probe.peak_growth)}, {conn.received_bytes // 1024} KiB sent back")
+    finally:
+        await session.aclose()
+
+
+async def test_peer_that_provokes_replies_and_never_reads_them_is_dropped(tmp_path: Path) -> None:
+    """A million ut_metadata requests (past the served limit each one gets a reject), never reading: the
+    replies (46 MB) would wait in memory without end. Once the socket's buffers are full (the kernel's and
+    the transport's 4 MiB), the bridge drops the peer when MAX_QUEUED_SEND_BYTES of messages are queued."""
+    session, bt, info = await seeding_bridge(tmp_path)
+    try:
+        conn = await dial(GOOD_IP, session.listen_port, info.info_hash, local_host=BAD_IP, fast=True,
+                          extensions=True)
+        conn.send(ev.Extended(0, encode_handshake(ExtendedHandshake(m={"ut_metadata": 3}))))
+        hs = await conn.wait_for(lambda e: isinstance(e, ev.Extended) and e.ext_id == 0, timeout=5)
+        assert isinstance(hs, ev.Extended)
+        their_id = decode_handshake(hs.payload).m["ut_metadata"]
+        await until(lambda: any(p.address[0] == BAD_IP for p in bt.peers), "peer not accepted", 5)
+        peer = next(p for p in bt.peers if p.address[0] == BAD_IP)
+        one = conn.wire.send(ev.Extended(their_id, encode_metadata(MetadataMessage(METADATA_REQUEST, 0))))
+        count = 1_000_000
+        most_out = 0
+        sent = 0
+        started = time.monotonic()
+        rss0 = current_rss()  # (tracemalloc would slow the million messages ten-fold)
+        async with asyncio.timeout(60):
+            for _ in range(100):  # in slices, so the bridge reads while we write
+                conn.send_raw(one * (count // 100))
+                sent += count // 100
+                with contextlib.suppress(ConnectionError):
+                    await conn.drain(timeout=20)
+                most_out = max(most_out, peer._out_bytes)
+                if peer.closed:
+                    break
+        await until(lambda: peer.closed, "the peer is still connected", 10)
+        dropped_after = time.monotonic() - started
+        # ... and its socket is gone, with the replies it never read (not kept until it reads them: never)
+        try:
+            await asyncio.wait_for(peer.transport.wait_closed(), 5)
+        except TimeoutError:
+            pytest.fail("the dropped peer's socket is still open, holding its unread replies")
+        growth = current_rss() - rss0
+        assert most_out <= peer_mod.MAX_QUEUED_SEND_BYTES + len(one) * 64
+        assert growth < MEMORY_BOUND, f"RSS grew by {mib(growth)}"
+        report("ut_metadata requests whose replies are never read", "dropped once 4 MiB of replies were queued",
+               f"dropped {dropped_after:.2f} s and {sent:,} requests in; RSS +{mib(growth)}")
     finally:
         await session.aclose()
 

@@ -67,6 +67,7 @@ from _common import (
 
 sys.path.insert(0, REPO_ROOT)
 
+from bridge.cli import raise_open_files  # noqa: E402
 from bridge.errors import RemoteProtocolError  # noqa: E402
 from bridge.looplag import histogram_quantile  # noqa: E402
 from bridge.proto import events as ev  # noqa: E402
@@ -1491,14 +1492,12 @@ def print_report(args: argparse.Namespace, summary: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------- main
 
 
-def raise_open_files(need: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft >= need:
-        return
-    if hard != resource.RLIM_INFINITY and hard < need:
+def need_open_files(need: int) -> None:
+    """Raise this process's open-files limit (the children inherit it) to ``need``, or fail saying why."""
+    if raise_open_files(need) < need:
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
         raise BenchError(f"{need} open files are needed but the hard limit is {hard} (raise it, e.g. "
                          f"`ulimit -Hn {need}` as root, or use fewer --ws-clients)")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (need if hard == resource.RLIM_INFINITY else hard, hard))
 
 
 async def orchestrate(args: argparse.Namespace) -> int:
@@ -1615,7 +1614,7 @@ def main(argv: list[str]) -> int:
     if args.duration < 10:
         p.error("--duration must be at least 10 s")
     try:
-        raise_open_files(args.ws_clients + args.rtc_peers + args.tcp_peers + 1000)
+        need_open_files(args.ws_clients + args.rtc_peers + args.tcp_peers + 1000)
         return asyncio.run(orchestrate(args))
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)

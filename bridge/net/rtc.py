@@ -30,7 +30,6 @@ import ipaddress
 import logging
 import secrets
 import urllib.parse
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +46,7 @@ from aiortc import sdp as aiortc_sdp
 from aiortc.exceptions import InvalidStateError
 
 from ..errors import LocalProtocolError, RemoteProtocolError
+from .transport import Inbox
 
 log = logging.getLogger(__name__)
 
@@ -261,12 +261,10 @@ class RtcTransport:
         self._pc = pc
         self._channel = channel
         self._high = config.buffered_amount_high
-        self._chunks: deque[bytes] = deque()
+        self._inbox = Inbox()
         self._queued = 0
-        self._eof = False
         self._closing = False
         self._error: BaseException | None = None
-        self._read_waiter: asyncio.Future[None] | None = None
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._write_lock = asyncio.Lock()
         self._close_task: asyncio.Task[None] | None = None
@@ -296,19 +294,18 @@ class RtcTransport:
 
     # ---------------------------------------------------------------------------------- callbacks
     def _on_message(self, message: bytes | str) -> None:
-        if self._closing or self._eof:
+        if self._closing or self._inbox.eof:
             return
         if not isinstance(message, bytes):
             self._fail(RemoteProtocolError("text message on a BitTorrent data channel"))
             return
         if not message:
             return
-        self._chunks.append(message)
         self._queued += len(message)
         if self._queued > READ_QUEUE_LIMIT:
             self._fail(RemoteProtocolError(f"peer sent over {READ_QUEUE_LIMIT} bytes that were not read"))
             return
-        self._wake_reader()
+        self._inbox.put(message)
 
     def _on_buffered_amount_low(self) -> None:
         waiters, self._drain_waiters = self._drain_waiters, []
@@ -322,10 +319,9 @@ class RtcTransport:
 
     def _on_remote_close(self) -> None:
         """The channel or the connection went away: deliver what was received, then end of stream."""
-        if not self._eof:
+        if not self._inbox.eof:
             log.debug("%r: closed by the remote side or the network", self)
-        self._eof = True
-        self._wake_reader()
+        self._inbox.end()
         self._fail_writers()
         self._start_close()
 
@@ -335,10 +331,11 @@ class RtcTransport:
         self._error = error
         self.close()
 
-    def _wake_reader(self) -> None:
-        w = self._read_waiter
-        if w is not None and not w.done():
-            w.set_result(None)
+    def _raise_error(self) -> None:
+        """For read(): the breach that dropped the peer, once."""
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
     def _fail_writers(self) -> None:
         waiters, self._drain_waiters = self._drain_waiters, []
@@ -364,18 +361,9 @@ class RtcTransport:
         """Received bytes (queued messages joined, up to READ_BATCH_LIMIT); b"" at end of stream.
 
         Raises RemoteProtocolError once if the peer was dropped for a breach (a text message, a flood)."""
-        while not self._chunks:
-            if self._error is not None:
-                error, self._error = self._error, None
-                raise error
-            if self._eof:
-                return b""
-            self._read_waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._read_waiter
-            finally:
-                self._read_waiter = None
-        chunks = self._chunks
+        if not await self._inbox.wait(self._raise_error):
+            return b""
+        chunks = self._inbox.chunks
         first = chunks.popleft()
         if not chunks or len(first) >= READ_BATCH_LIMIT:
             self._queued -= len(first)
@@ -393,7 +381,7 @@ class RtcTransport:
         """Send ``data`` as messages of at most MAX_MESSAGE_SIZE bytes, waiting before each one while the
         channel holds more than ``buffered_amount_high`` bytes. Raises ConnectionResetError once closed."""
         size = len(data) if not isinstance(data, memoryview) else data.nbytes
-        if self._closing or self._eof:
+        if self._closing or self._inbox.eof:
             raise ConnectionResetError("data channel closed")
         if not size:
             return
@@ -405,7 +393,7 @@ class RtcTransport:
         async with self._write_lock:
             for pos in range(0, size, MAX_MESSAGE_SIZE):
                 while self._channel.bufferedAmount > self._high:
-                    if self._closing or self._eof:
+                    if self._closing or self._inbox.eof:
                         raise ConnectionResetError("data channel closed")
                     waiter = asyncio.get_running_loop().create_future()
                     self._drain_waiters.append(waiter)
@@ -413,7 +401,7 @@ class RtcTransport:
                 self._send(bytes(view[pos : pos + MAX_MESSAGE_SIZE]))
 
     def _send(self, message: bytes) -> None:
-        if self._closing or self._eof:
+        if self._closing or self._inbox.eof:
             raise ConnectionResetError("data channel closed")
         try:
             self._channel.send(message)
@@ -425,10 +413,9 @@ class RtcTransport:
         if self._closing:
             return
         self._closing = True
-        self._eof = True
-        self._chunks.clear()
+        self._inbox.chunks.clear()
         self._queued = 0
-        self._wake_reader()
+        self._inbox.end()
         self._fail_writers()
         self._start_close()
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any
+
+from .transport import Inbox
 
 #: Bytes queued from the socket before we stop reading from it (flow control towards the sender).
 READ_QUEUE_LIMIT = 4 * 1024 * 1024
@@ -28,12 +29,10 @@ class TcpTransport(asyncio.Protocol):
 
     def __init__(self) -> None:
         self._transport: asyncio.Transport | None = None
-        self._chunks: deque[bytes] = deque()
+        self._inbox = Inbox()
         self._queued = 0
-        self._eof = False
         self._read_paused = False
         self._write_paused = False
-        self._read_waiter: asyncio.Future[None] | None = None
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.remote_address: tuple[str, int] = ("?", 0)
@@ -58,21 +57,18 @@ class TcpTransport(asyncio.Protocol):
         self._transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)  # type: ignore[union-attr]
 
     def data_received(self, data: bytes) -> None:
-        self._chunks.append(data)
         self._queued += len(data)
         if self._queued > READ_QUEUE_LIMIT and not self._read_paused and self._transport is not None:
             self._read_paused = True
             self._transport.pause_reading()
-        self._wake_reader()
+        self._inbox.put(data)
 
     def eof_received(self) -> bool:
-        self._eof = True
-        self._wake_reader()
+        self._inbox.end()
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._eof = True
-        self._wake_reader()
+        self._inbox.end()
         for w in self._drain_waiters:
             if not w.done():
                 w.set_exception(ConnectionResetError("connection lost"))
@@ -91,23 +87,12 @@ class TcpTransport(asyncio.Protocol):
                 w.set_result(None)
         self._drain_waiters.clear()
 
-    def _wake_reader(self) -> None:
-        w = self._read_waiter
-        if w is not None and not w.done():
-            w.set_result(None)
-
     # ------------------------------------------------------------------------------ PeerTransport
     async def read(self) -> bytes:
         """The oldest received chunk (not a join of all: each chunk is decoded without copying)."""
-        while not self._chunks:
-            if self._eof:
-                return b""
-            self._read_waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._read_waiter
-            finally:
-                self._read_waiter = None
-        data = self._chunks.popleft()
+        if not await self._inbox.wait():
+            return b""
+        data = self._inbox.chunks.popleft()
         self._queued -= len(data)
         if self._read_paused and self._queued <= READ_QUEUE_LIMIT // 2 and self._transport is not None:
             self._read_paused = False

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections import deque
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -27,3 +30,44 @@ class PeerTransport(Protocol):
 
     async def wait_closed(self) -> None:
         ...
+
+
+class Inbox:
+    """The read side every PeerTransport shares: chunks received and not yet read, the end of the stream,
+    and the one reader waiting for either."""
+
+    __slots__ = ("chunks", "eof", "_waiter")
+
+    def __init__(self) -> None:
+        self.chunks: deque[bytes] = deque()
+        #: no more chunks will come (readers get b"" once ``chunks`` is empty)
+        self.eof = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put(self, chunk: bytes) -> None:
+        self.chunks.append(chunk)
+        self.wake()
+
+    def end(self) -> None:
+        self.eof = True
+        self.wake()
+
+    def wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def wait(self, check: Callable[[], None] | None = None) -> bool:
+        """Until a chunk is queued (True) or the stream has ended with none queued (False). ``check`` runs
+        before each wait and may raise (an error to report instead of waiting)."""
+        while not self.chunks:
+            if check is not None:
+                check()
+            if self.eof:
+                return False
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return True

@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..proto import utp as p
+from .transport import Inbox
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +79,11 @@ class UtpTransport:
         self._owner = owner
         self.conn = conn
         self.remote_address = address
-        self._chunks: deque[bytes] = deque()
-        #: readers see the end of the stream (closed by either side)
-        self._eof = False
+        #: its ``eof``: readers see the end of the stream (closed by either side)
+        self._inbox = Inbox()
         #: the connection is over (state machine closed, or aborted)
         self._done = False
         self._error: str | None = None
-        self._read_waiter: asyncio.Future[None] | None = None
         self._write_waiters: list[asyncio.Future[None]] = []
         self.connected: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -98,8 +97,7 @@ class UtpTransport:
                     self.connected.set_result(None)
             elif isinstance(event, p.DataReceived):
                 if event.data:
-                    self._chunks.append(event.data)
-                    self._wake(self._read_waiter)
+                    self._inbox.put(event.data)
             elif isinstance(event, p.ConnectionClosed):
                 self._finish(event.reason if event.error else None)
         if self._write_waiters and conn.send_queued < WRITE_HIGH_WATER:
@@ -109,21 +107,15 @@ class UtpTransport:
         if self._done:
             return
         self._done = True
-        self._eof = True
         self._error = error
         if not self.connected.done():
             self.connected.set_exception(ConnectionError(error or "closed during the handshake"))
             self.connected.exception()
-        self._wake(self._read_waiter)
+        self._inbox.end()
         self._release_writers(ConnectionResetError(error or "connection closed"))
         self._owner._forget(self)
         if not self._closed.done():
             self._closed.set_result(None)
-
-    @staticmethod
-    def _wake(w: asyncio.Future[None] | None) -> None:
-        if w is not None and not w.done():
-            w.set_result(None)
 
     def _release_writers(self, exc: Exception | None) -> None:
         waiters, self._write_waiters = self._write_waiters, []
@@ -138,39 +130,32 @@ class UtpTransport:
 
     # ------------------------------------------------------------------------------ PeerTransport
     async def read(self) -> bytes:
-        while not self._chunks:
-            if self._eof:
-                return b""
-            self._read_waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._read_waiter
-            finally:
-                self._read_waiter = None
-        data = self._chunks.popleft()
-        if not self._eof:
+        if not await self._inbox.wait():
+            return b""
+        data = self._inbox.chunks.popleft()
+        if not self._inbox.eof:
             self.conn.data_consumed(len(data))
             self._owner._kick(self)
         return data
 
     async def write(self, data: bytes) -> None:
-        if self._eof:
+        if self._inbox.eof:
             raise ConnectionResetError(self._error or "connection closed")
         self.conn.send(data)
         self._owner._kick(self)
-        while self.conn.send_queued >= WRITE_HIGH_WATER and not self._eof:
+        while self.conn.send_queued >= WRITE_HIGH_WATER and not self._inbox.eof:
             w = asyncio.get_running_loop().create_future()
             self._write_waiters.append(w)
             await w
 
     def close(self) -> None:
-        if self._eof:
+        if self._inbox.eof:
             return
         with contextlib.suppress(Exception):
             self.conn.close()
         self._owner._kick(self)
         # The FIN exchange finishes in the background; readers see the end now.
-        self._eof = True
-        self._wake(self._read_waiter)
+        self._inbox.end()
         self._release_writers(ConnectionResetError("closed"))
 
     def abort(self) -> None:

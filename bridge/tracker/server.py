@@ -26,15 +26,38 @@ import logging
 import random
 import secrets
 import socket
-import struct
 from collections.abc import Callable
 from typing import Any, cast
 
 import orjson
-from aiohttp import WSMsgType, web
+from aiohttp import web
+
+try:  # websockets' C XOR of a masked payload: 0.3 us per 3.5 KB message against 7 us in Python
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - websockets built without its C extension
+    from websockets.utils import apply_mask
 
 from ..errors import TrackerError
 from ..looplag import LoopLagMonitor
+from ..proto.websocket import (
+    CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_NORMAL,
+    OP_BINARY,
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    HandshakeError,
+    ServerFrameParser,
+    WebSocketError,
+    check_handshake,
+    close_frame,
+    frame,
+    frame_header,
+    is_upgrade_request,
+    parse_close,
+)
 from ..proto.wstracker import (
     MAX_MESSAGE_SIZE,
     Announce,
@@ -99,8 +122,9 @@ WRITE_LOW_WATER = 16 * 1024
 WS_FLUSH_DELAY = 0.002
 #: Seconds between checks of a stalled transport (only for connections over WRITE_HIGH_WATER).
 DRAIN_POLL = 0.01
-#: Seconds between WebSocket pings; a connection that does not answer within half of it is closed. Dead
-#: connections would otherwise keep their peers in swarms until expiry.
+#: A connection silent for WS_HEARTBEAT / 2 to WS_HEARTBEAT seconds gets a ping, and is closed when it has
+#: not answered it WS_HEARTBEAT / 2 seconds later. Dead connections would otherwise keep their peers in
+#: swarms until expiry.
 WS_HEARTBEAT = 60.0
 #: Largest HTTP request body accepted (announce and scrape are GETs; nothing needs a body).
 MAX_HTTP_BODY = 4096
@@ -110,8 +134,6 @@ MAX_UDP_SEND_BACKLOG = 1024 * 1024
 UDP_RECV_BUFFER = 1024 * 1024
 #: Distinct encoded announce replies kept (one per swarm and count pair in use; a few hundred bytes each).
 REPLY_CACHE_SIZE = 4096
-#: Seconds given to WebSocket clients to answer the close handshake when the tracker stops.
-CLOSE_TIMEOUT = 2.0
 #: Attempts at finding a port number free for both TCP and UDP when asked for port 0.
 _BIND_ATTEMPTS = 50
 
@@ -155,92 +177,130 @@ def _request_context(data: str | bytes) -> tuple[str, bytes | None]:
     return action, None
 
 
-def _break_cycles(request: web.Request, ws: web.WebSocketResponse) -> None:
-    """Let reference counting free a finished WebSocket connection, instead of the cyclic GC.
+class _Outboxes:
+    """What all WebSocket connections of one tracker share: the bytes queued over all of them, the messages
+    dropped for lack of room, and the connections waiting for the next flush (one timer for all of them)."""
 
-    aiohttp (3.14) leaves two reference cycles behind each closed WebSocket, about 45 objects in all:
+    __slots__ = ("queued", "dropped", "dirty", "scheduled", "loop")
 
-    * the exception that ended it, kept as ``ws.exception()`` (a client that goes away without a close
-      frame makes our close frame fail with ClientConnectionResetError, raised while handling EofStream),
-      whose traceback's frames refer back to the WebSocketResponse;
-    * with a heartbeat, the RequestHandler keeps ``ws._on_data_received`` as its data callback after the
-      connection is lost (``connection_lost`` drops the parser but not the callback), and the
-      WebSocketResponse refers to the request, which refers to the RequestHandler.
-
-    Only the cyclic GC frees those. With thousands of connections a full collection is rare and long
-    (0.5-1 s at 10,000 connections), so the garbage of every closed connection piled up until then (RSS
-    growing) and each collection stalled the loop (bench/soak.py). This drops the tracebacks and the
-    callback."""
-    exc = ws.exception()
-    for _ in range(8):  # a chain is a couple of exceptions long; bounded in case of a loop
-        if exc is None:
-            break
-        exc.__traceback__ = None
-        exc = exc.__context__ or exc.__cause__
-    protocol = request.protocol
-    if getattr(protocol, "_data_received_cb", None) is not None:
-        with contextlib.suppress(AttributeError):  # a private attribute of aiohttp's RequestHandler
-            protocol._data_received_cb = None
-
-
-class _OutboxBudget:
-    """Bytes queued over all WebSocket connections of one tracker, and messages dropped for lack of room."""
-
-    __slots__ = ("queued", "dropped")
-
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.queued = 0
         self.dropped = 0
+        self.dirty: list[_WsConn] = []
+        self.scheduled = False
+        self.loop = loop
+
+    def mark(self, conn: _WsConn) -> None:
+        self.dirty.append(conn)
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_later(WS_FLUSH_DELAY, self.flush_all)
+
+    def flush_all(self) -> None:
+        self.scheduled = False
+        dirty, self.dirty = self.dirty, []
+        for conn in dirty:
+            conn.flush()
 
 
-def _text_frame_header(n: int) -> bytes:
-    """RFC 6455 header of an unmasked, final text frame with an ``n``-byte payload (server to client)."""
-    if n < 126:
-        return bytes((0x81, n))
-    if n < 0x10000:
-        return _FRAME16.pack(0x81, 126, n)
-    return _FRAME64.pack(0x81, 127, n)
+class _WsUpgrade(web.StreamResponse):
+    """The 101 response that hands a connection over to :class:`_WsConn`.
 
+    aiohttp writes its headers; from then on the connection's bytes go to ``_WsConn.feed_data`` (registered
+    with ``request.protocol.set_parser``, as aiohttp's own WebSocketResponse does) and frames are written to
+    the transport directly. There is no body to end."""
 
-_FRAME16 = struct.Struct("!BBH")
-_FRAME64 = struct.Struct("!BBQ")
+    async def write_eof(self, data: bytes = b"") -> None:
+        return None
 
 
 class _WsConn:
-    """One WebSocket connection's outbox. Also the registry's socket key (by identity).
+    """One WebSocket connection: its frame parser and its outbox. Also the registry's socket key (by identity).
 
-    Messages are framed here and written to the transport in one write per WS_FLUSH_DELAY: an announce
-    sends a reply plus up to ten offers to other connections, and under load each connection gets several
-    messages per pass. aiohttp's ``send_str`` makes one transport write (one syscall) per message, which
-    was most of the tracker's CPU time. aiohttp still writes its own control frames (pong, ping, close);
-    every write is a whole frame made synchronously, so frames never interleave. Nothing is written once
-    aiohttp has started closing.
+    Reading: aiohttp's RequestHandler calls :meth:`feed_data` with every chunk read from the socket once the
+    handshake is done, and each complete message goes straight to the tracker's handler, in the same call.
+    aiohttp's own WebSocketResponse queues each message and wakes a task to read it, which cost more than
+    the tracker's work on the message. Pings are answered here; a close frame is answered and ends the
+    connection; a protocol violation closes it with the close code the parser gives (1002, 1007, 1009).
+
+    Writing: messages are framed here and written to the transport in one write per WS_FLUSH_DELAY: an
+    announce sends a reply plus up to ten offers to other connections, and under load each connection gets
+    several messages per pass. Nothing is written once the connection is closing.
 
     Back-pressure: while the transport holds more than WRITE_HIGH_WATER unsent bytes the outbox is not
     flushed; it is retried every DRAIN_POLL seconds until the transport is under WRITE_LOW_WATER. The
-    reader of this connection stops reading while its outbox is over OUTBOX_HIGH_WATER, and messages that
-    would take the outbox over MAX_OUTBOX_BYTES (or all outboxes together over MAX_OUTBOX_BYTES_TOTAL) are
-    dropped.
+    connection is not read while its outbox is over OUTBOX_HIGH_WATER, and messages that would take the
+    outbox over MAX_OUTBOX_BYTES (or all outboxes together over MAX_OUTBOX_BYTES_TOTAL) are dropped.
     """
 
-    __slots__ = ("ws", "transport", "remote", "loop", "budget", "frames", "queued", "scheduled", "waiting",
-                 "drained", "closed", "dropped", "__weakref__")
+    __slots__ = ("transport", "remote", "outboxes", "parser", "on_message", "frames", "queued", "scheduled",
+                 "waiting", "paused", "closed", "dropped", "seen", "pinged", "done", "__weakref__")
 
-    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport, remote: str,
-                 budget: _OutboxBudget) -> None:
-        self.ws = ws
-        self.budget = budget
+    def __init__(self, transport: asyncio.Transport, remote: str, outboxes: _Outboxes,
+                 on_message: Callable[[_WsConn, bytes], None]) -> None:
         self.transport = transport
         self.remote = remote
-        self.loop = asyncio.get_running_loop()
+        self.outboxes = outboxes
+        self.parser = ServerFrameParser(WS_MAX_MESSAGE_SIZE, apply_mask)
+        self.on_message = on_message
         self.frames: list[bytes] = []
         self.queued = 0
         self.scheduled = False
         self.waiting: asyncio.Task[None] | None = None
-        self.drained = asyncio.Event()
-        self.drained.set()
+        self.paused = False
         self.closed = False
         self.dropped = 0
+        #: bytes came in since the last heartbeat sweep / a ping was sent and not yet answered
+        self.seen = True
+        self.pinged = False
+        #: resolved when the connection is over (closed by either side, or lost)
+        self.done: asyncio.Future[None] = outboxes.loop.create_future()
+
+    # -------------------------------------------------------------------------- reading (aiohttp calls)
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        """Bytes from the socket. Returns (True, b"") once the connection is over, as aiohttp expects."""
+        if self.closed:
+            return True, b""
+        self.seen = True
+        try:
+            events = self.parser.feed(data)
+        except WebSocketError as exc:
+            log.debug("ws %s: %s; closing (%d)", self.remote, exc.reason, exc.code)
+            self.finish(close_frame(exc.code, exc.reason))
+            return True, b""
+        for opcode, payload in events:
+            if opcode == OP_TEXT or opcode == OP_BINARY:
+                try:
+                    self.on_message(self, payload)
+                except Exception:  # a bug must cost only this connection
+                    log.exception("ws %s: internal error; closing the connection", self.remote)
+                    self.finish(close_frame(CLOSE_INTERNAL_ERROR, "internal error"))
+                    return True, b""
+                if self.closed:
+                    return True, b""
+            elif opcode == OP_PING:
+                self.send_control(frame(OP_PONG, payload))
+            elif opcode == OP_CLOSE:
+                try:
+                    code = parse_close(payload)[0]
+                except WebSocketError as exc:
+                    self.finish(close_frame(exc.code, exc.reason))
+                else:
+                    self.finish(close_frame(CLOSE_NORMAL if code == 1005 else code))
+                return True, b""
+            else:  # OP_PONG
+                self.pinged = False
+        if self.queued > OUTBOX_HIGH_WATER and not self.paused:
+            self.paused = True
+            self.transport.pause_reading()
+        return False, b""
+
+    def feed_eof(self) -> None:
+        """The socket closed (aiohttp's connection_lost)."""
+        self.finish(None)
+
+    # -------------------------------------------------------------------------- writing
 
     def send(self, text: str) -> bool:
         """Queue one text message; False (dropped) if the connection is closing or its outbox is full."""
@@ -249,37 +309,48 @@ class _WsConn:
     def send_payload(self, payload: bytes) -> bool:
         """Queue one text message already encoded as UTF-8."""
         n = len(payload)
-        budget = self.budget
-        if self.closed or self.queued + n > MAX_OUTBOX_BYTES or budget.queued + n > MAX_OUTBOX_BYTES_TOTAL:
+        outboxes = self.outboxes
+        if self.closed or self.queued + n > MAX_OUTBOX_BYTES or outboxes.queued + n > MAX_OUTBOX_BYTES_TOTAL:
             self.dropped += 1
-            budget.dropped += 1
+            outboxes.dropped += 1
             return False
-        budget.queued += n
-        self.frames.append(_text_frame_header(len(payload)))
+        outboxes.queued += n
+        self.frames.append(frame_header(OP_TEXT, n))
         self.frames.append(payload)
         self.queued += n
         if not self.scheduled and self.waiting is None:
             self.scheduled = True
-            self.loop.call_later(WS_FLUSH_DELAY, self.flush)
+            outboxes.mark(self)
         return True
+
+    def send_control(self, data: bytes) -> None:
+        """Queue a whole control frame (pong, ping); these are a few bytes and not held to the outbox limit."""
+        if self.closed:
+            return
+        self.frames.append(data)
+        if not self.scheduled and self.waiting is None:
+            self.scheduled = True
+            self.outboxes.mark(self)
 
     def flush(self) -> None:
         self.scheduled = False
         if not self.frames or self.closed:
             return
         transport = self.transport
-        if self.ws.closed or transport.is_closing():
-            self.close()
+        if transport.is_closing():
+            self.finish(None)
             return
         if transport.get_write_buffer_size() > WRITE_HIGH_WATER:
             if self.waiting is None:
-                self.waiting = self.loop.create_task(self._wait_writable())
+                self.waiting = self.outboxes.loop.create_task(self._wait_writable())
             return
         transport.write(b"".join(self.frames))
         self.frames.clear()
-        self.budget.queued -= self.queued
+        self.outboxes.queued -= self.queued
         self.queued = 0
-        self.drained.set()
+        if self.paused:
+            self.paused = False
+            transport.resume_reading()
 
     async def _wait_writable(self) -> None:
         try:
@@ -291,15 +362,24 @@ class _WsConn:
             self.waiting = None
         self.flush()
 
-    def close(self) -> None:
+    def finish(self, last_frame: bytes | None) -> None:
+        """End the connection: write what is queued and ``last_frame`` (a close frame) if the socket is still
+        open, then let the handler return (aiohttp then closes the socket). Idempotent."""
+        if self.closed:
+            return
         self.closed = True
+        transport = self.transport
+        if last_frame is not None and not transport.is_closing():
+            self.frames.append(last_frame)
+            transport.write(b"".join(self.frames))
         self.frames.clear()
-        self.budget.queued -= self.queued
+        self.outboxes.queued -= self.queued
         self.queued = 0
-        self.drained.set()
         if self.waiting is not None:
             self.waiting.cancel()
             self.waiting = None
+        if not self.done.done():
+            self.done.set_result(None)
 
 
 class _UdpTracker(asyncio.DatagramProtocol):
@@ -351,12 +431,13 @@ class TrackerServer:
         self._ids = ConnectionIds(secret if secret is not None else secrets.token_bytes(32))
         self._conns: set[_WsConn] = set()
         self._reply_cache: dict[AnnounceReply, bytes] = {}
-        self._outbox = _OutboxBudget()
         self._runner: web.AppRunner | None = None
         self._udp: asyncio.DatagramTransport | None = None
         self._expiry: asyncio.Task[None] | None = None
         self._closed = False
         self._loop = asyncio.get_running_loop()
+        self._outboxes = _Outboxes(self._loop)
+        self._heartbeat: asyncio.Task[None] | None = None
         # counters for /stats
         self.ws_messages = 0
         self.ws_failures = 0
@@ -403,6 +484,7 @@ class TrackerServer:
             await self._cleanup()
             raise
         self._expiry = asyncio.create_task(self._expire_loop(), name="tracker-expiry")
+        self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name="tracker-ws-heartbeat")
         self.loop_lag.start()
         log.info("tracker listening on %s:%d (http %s, udp %s, ws %s)", self.host, self.port,
                  self.http_announce_url, self.udp_announce_url, self.ws_url)
@@ -450,16 +532,17 @@ class TrackerServer:
 
     async def _cleanup(self) -> None:
         await self.loop_lag.stop()
-        if self._expiry is not None:
-            self._expiry.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._expiry
+        for task in (self._expiry, self._heartbeat):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._conns:
-            # All at once and bounded: a client that does not answer the close must not hold up the rest.
-            closes = [conn.ws.close(code=1001, message=b"tracker shutting down") for conn in list(self._conns)]
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(CLOSE_TIMEOUT):
-                    await asyncio.gather(*closes, return_exceptions=True)
+            # Going away: each connection gets a close frame and its handler returns, after which aiohttp
+            # closes the socket (the server closes first, as RFC 6455 7.1.1 asks); runner.cleanup below
+            # waits for the handlers.
+            for conn in list(self._conns):
+                conn.finish(close_frame(CLOSE_GOING_AWAY, "tracker shutting down"))
         if self._udp is not None:
             self._udp.close()
         if self._runner is not None:
@@ -479,6 +562,23 @@ class TrackerServer:
             if removed:
                 log.debug("tracker: expired %d peers", removed)
 
+    async def _heartbeat_loop(self) -> None:
+        """Every WS_HEARTBEAT / 2 seconds: a connection that sent nothing since the last sweep gets a ping,
+        and one that has not answered the ping by the next sweep is closed. A dead connection would
+        otherwise keep its peers in swarms until they expire."""
+        while True:
+            await asyncio.sleep(WS_HEARTBEAT / 2)
+            for conn in list(self._conns):
+                if conn.seen:
+                    conn.seen = False
+                    conn.pinged = False
+                elif not conn.pinged:
+                    conn.pinged = True
+                    conn.send_control(frame(OP_PING))
+                else:
+                    log.debug("ws %s: no answer to ping; closing", conn.remote)
+                    conn.finish(close_frame(CLOSE_GOING_AWAY, "no answer to ping"))
+
     # ------------------------------------------------------------------------------------- stats
 
     def stats(self) -> dict[str, Any]:
@@ -488,8 +588,8 @@ class TrackerServer:
         s["failures"] = {"ws": self.ws_failures, "http": self.http_failures, "udp": self.udp_failures}
         s["scrapes"] = dict(self.scrapes)
         s["udp_connects"] = self.udp_connects
-        s["dropped"] = {"udp": self.udp_dropped, "ws": self._outbox.dropped}
-        s["ws_queued_bytes"] = self._outbox.queued
+        s["dropped"] = {"udp": self.udp_dropped, "ws": self._outboxes.dropped}
+        s["ws_queued_bytes"] = self._outboxes.queued
         s["loop_lag"] = self.loop_lag.snapshot()
         return s
 
@@ -579,48 +679,35 @@ class TrackerServer:
     # ------------------------------------------------------------------------------------- WebSocket
 
     async def _handle_root(self, request: web.Request) -> web.StreamResponse:
-        ws = web.WebSocketResponse(max_msg_size=WS_MAX_MESSAGE_SIZE, compress=False, heartbeat=WS_HEARTBEAT)
-        if not ws.can_prepare(request).ok:
+        if not is_upgrade_request(request.headers):
             return web.Response(text="webtorrent-bridge tracker: WebSocket signalling here, "
                                      "HTTP at /announce and /scrape, UDP on this port number\n")
+        try:
+            accept = check_handshake(request.method, request.headers)
+        except HandshakeError as exc:
+            return web.Response(status=400, text=f"bad WebSocket handshake: {exc}\n")
         if len(self._conns) >= self.max_connections or self._closed:
             return web.Response(status=503, text="too many connections\n")
         transport = request.transport
         if transport is None:
             return web.Response(status=500, text="no transport\n")
-        await ws.prepare(request)
-        conn = _WsConn(ws, transport, request.remote or "?", self._outbox)
+        response = _WsUpgrade(status=101, headers={"Upgrade": "websocket", "Connection": "Upgrade",
+                                                   "Sec-WebSocket-Accept": accept})
+        response.force_close()
+        await response.prepare(request)
+        conn = _WsConn(transport, request.remote or "?", self._outboxes, self._on_ws_message)
         self._conns.add(conn)
         try:
-            while not conn.closed:
-                msg = await ws.receive()
-                if msg.type == WSMsgType.TEXT or msg.type == WSMsgType.BINARY:
-                    try:
-                        self._on_ws_message(conn, msg.data)
-                    except Exception:  # a bug must cost only this connection
-                        log.exception("ws %s: internal error; closing the connection", conn.remote)
-                        break
-                    if conn.queued > OUTBOX_HIGH_WATER:
-                        conn.drained.clear()
-                        await conn.drained.wait()
-                elif msg.type == WSMsgType.ERROR:
-                    log.debug("ws %s: %s", conn.remote, ws.exception() or msg.data)
-                    break
-                else:  # CLOSE, CLOSING, CLOSED
-                    break
+            request.protocol.keep_alive(False)
+            request.protocol.set_parser(conn)  # type: ignore[arg-type]  # duck-typed: feed_data, feed_eof
+            await conn.done
         finally:
             self._conns.discard(conn)
-            conn.close()
+            conn.finish(None)
             removed = self.state.close_socket(conn)
             if removed:
                 log.debug("ws %s closed: left %d swarms", conn.remote, removed)
-            try:
-                if not ws.closed:
-                    with contextlib.suppress(Exception):
-                        await ws.close()
-            finally:
-                _break_cycles(request, ws)
-        return ws
+        return response
 
     def _on_ws_message(self, conn: _WsConn, data: str | bytes) -> None:
         self.ws_messages += 1

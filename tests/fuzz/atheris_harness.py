@@ -23,7 +23,7 @@ with atheris.instrument_imports(include=["bridge"]):
     import orjson
 
     from bridge.errors import BencodeError, MetainfoError, RemoteProtocolError, TrackerError
-    from bridge.proto import bencode, extension, mse, tracker, utp, wstracker
+    from bridge.proto import bencode, extension, mse, tracker, utp, websocket, wstracker
     from bridge.proto.metainfo import parse_hostport, parse_info, parse_info_hash, parse_magnet, parse_torrent
     from bridge.proto.wire import Wire
     from bridge.server.ranges import RangeNotSatisfiable, parse_range
@@ -138,6 +138,12 @@ def wstracker_target(data: bytes) -> None:
         _call(wstracker.parse_client_message, d, json.loads, allowed=(TrackerError,))
         _call(wstracker.parse_client_message, d, orjson.loads, allowed=(TrackerError,))
         _call(wstracker.parse_tracker_message, d, allowed=(TrackerError,))
+
+
+def websocket_target(data: bytes) -> None:
+    parser = websocket.ServerFrameParser(4096)
+    for i in range(0, len(data), 97):  # also cut mid-frame; feeding on after an error must not crash either
+        _call(parser.feed, data[i:i + 97], allowed=(websocket.WebSocketError,))
 
 
 def range_target(data: bytes) -> None:

@@ -415,14 +415,15 @@ async def test_connections_over_max_connections_get_503() -> None:
 
 async def test_closed_connections_are_freed_without_the_cyclic_gc(tracker: TrackerServer) -> None:
     """A connection that ends (the client vanishes, or closes cleanly) is freed by reference counting: no
-    WebSocketResponse waits for a full collection, which takes ~0.5 s with 10,000 connections (the soak
-    benchmark found them piling up between collections, with the loop stalling at each)."""
+    connection waits for a full collection, which takes ~0.5 s with 10,000 connections (the soak
+    benchmark found aiohttp's WebSocketResponse objects piling up between collections, with the loop
+    stalling at each)."""
     import gc
 
-    from aiohttp import web
+    from bridge.tracker.server import _WsConn
 
     def alive() -> int:
-        return sum(1 for o in gc.get_objects() if isinstance(o, web.WebSocketResponse))
+        return sum(1 for o in gc.get_objects() if isinstance(o, _WsConn))
 
     async def raw_client(tag: str) -> asyncio.StreamWriter:
         reader, writer = await asyncio.open_connection("127.0.0.1", tracker.port)

@@ -34,7 +34,7 @@ import random
 import time
 import urllib.parse
 from collections.abc import Awaitable, Coroutine, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import websockets
@@ -721,9 +721,9 @@ class WsTrackerClient:
         """Drop offers from the end until the announce fits in MAX_MESSAGE_SIZE; return it and the dropped ids."""
         offers = list(msg.offers)
         dropped: list[bytes] = []
-        while offers and _encoded_size(encode_client_message(replace(msg, offers=tuple(offers)))) > MAX_MESSAGE_SIZE:
+        while offers and _encoded_size(encode_client_message(msg._replace(offers=tuple(offers)))) > MAX_MESSAGE_SIZE:
             dropped.append(offers.pop().offer_id)
-        return replace(msg, offers=tuple(offers)), dropped
+        return msg._replace(offers=tuple(offers)), dropped
 
 
 # --------------------------------------------------------------------------------------------- pool

@@ -10,9 +10,9 @@ Everything here is untrusted input: each parser returns a frozen message or rais
 from __future__ import annotations
 
 import json
+import reprlib
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
 from ..errors import TrackerError
 
@@ -44,16 +44,44 @@ def str_to_id(value: Any, field: str) -> bytes:
         raise TrackerError(f"{field}: characters above U+00FF") from None
 
 
-@dataclass(frozen=True, slots=True)
-class Offer:
+# The messages are NamedTuples rather than frozen dataclasses: the tracker builds them on its hot path (an
+# Announce and up to ten Offers per announce parsed, a ForwardedOffer per offer forwarded). A frozen
+# dataclass's __init__ sets each field through object.__setattr__; a NamedTuple is built in half that time,
+# and in a quarter through tuple.__new__ (``_build`` below). They stay immutable and hashable; ``_message``
+# keeps equality as strict as a dataclass's (only between messages of the same type). Use ``_replace`` for
+# a modified copy.
+
+
+def _same_type_eq(self: tuple[Any, ...], other: object) -> bool:
+    return other.__class__ is self.__class__ and tuple.__eq__(self, other)
+
+
+def _same_type_ne(self: tuple[Any, ...], other: object) -> bool:
+    return not _same_type_eq(self, other)
+
+
+_M = TypeVar("_M", bound=tuple[Any, ...])
+
+
+def _message(cls: type[_M]) -> type[_M]:
+    """A NamedTuple on its own equals any tuple with the same items (``ForwardedOffer(a, b, c, s) ==
+    RelayedAnswer(a, b, c, s)``, ``Offer(i, s) == (i, s)``): make ``cls`` equal only to its own kind. The hash
+    stays the tuple's (equal messages still hash alike)."""
+    setattr(cls, "__eq__", _same_type_eq)  # noqa: B010 (setattr: mypy refuses assigning to a method)
+    setattr(cls, "__ne__", _same_type_ne)  # noqa: B010
+    return cls
+
+
+@_message
+class Offer(NamedTuple):
     """One WebRTC offer inside an announce."""
 
     offer_id: bytes
     sdp: str
 
 
-@dataclass(frozen=True, slots=True)
-class Announce:
+@_message
+class Announce(NamedTuple):
     """Client -> tracker: join or update a swarm, optionally with offers for other peers."""
 
     info_hash: bytes
@@ -68,8 +96,8 @@ class Announce:
     offers: tuple[Offer, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Answer:
+@_message
+class Answer(NamedTuple):
     """Client -> tracker: the answer to a forwarded offer, for the offering peer."""
 
     info_hash: bytes
@@ -79,15 +107,15 @@ class Answer:
     sdp: str
 
 
-@dataclass(frozen=True, slots=True)
-class Scrape:
+@_message
+class Scrape(NamedTuple):
     """Client -> tracker: swarm statistics request."""
 
     info_hashes: tuple[bytes, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class AnnounceReply:
+@_message
+class AnnounceReply(NamedTuple):
     """Tracker -> client: the answer to an announce (never a peer list)."""
 
     info_hash: bytes
@@ -98,8 +126,8 @@ class AnnounceReply:
     warning: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class ForwardedOffer:
+@_message
+class ForwardedOffer(NamedTuple):
     """Tracker -> client: another peer's offer; answer it with ``Answer``."""
 
     info_hash: bytes
@@ -109,8 +137,8 @@ class ForwardedOffer:
     sdp: str
 
 
-@dataclass(frozen=True, slots=True)
-class RelayedAnswer:
+@_message
+class RelayedAnswer(NamedTuple):
     """Tracker -> client: the answer to one of our offers."""
 
     info_hash: bytes
@@ -120,15 +148,15 @@ class RelayedAnswer:
     sdp: str
 
 
-@dataclass(frozen=True, slots=True)
-class ScrapeReply:
+@_message
+class ScrapeReply(NamedTuple):
     """Tracker -> client: (complete, incomplete, downloaded) per info-hash."""
 
     files: tuple[tuple[bytes, int, int, int], ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Failure:
+@_message
+class Failure(NamedTuple):
     """Tracker -> client: an error for one request (``failure reason``)."""
 
     reason: str
@@ -179,6 +207,13 @@ def _sdp(value: Any, kind: str, field: str) -> str:
     return sdp
 
 
+def _shown(value: Any) -> str:
+    """An unexpected JSON value for an error message: quoted, at most 40 characters. ``reprlib`` stops at a
+    few levels of nesting, where ``str`` would walk (and recurse through) all of a deeply nested list."""
+    text = value if isinstance(value, str) else reprlib.repr(value)
+    return repr(text[:40])
+
+
 def _text(obj: dict[str, Any], key: str) -> str | None:
     value = obj.get(key)
     if value is None:
@@ -191,18 +226,26 @@ def _text(obj: dict[str, Any], key: str) -> str | None:
 # ------------------------------------------------------------------------------- client -> tracker
 
 
+#: Builds a message from a tuple of all its fields, in field order, without defaults. A NamedTuple's own
+#: ``__new__`` is a Python function that just calls this; the hot paths (here and in tracker/state.py)
+#: call it directly, which halves the cost of building a message.
+_build = tuple.__new__
+#: What an announce without ``offers`` has (never modified).
+_NO_OFFERS: list[Any] = []
+
+
 def parse_client_message(data: str | bytes, loads: Loads = json.loads) -> ClientMessage:
     """Parse what a WebTorrent client sends to a tracker (the tracker server's input)."""
     obj = _load(data, loads)
     action = obj.get("action")
-    if action == "scrape":
-        raw = obj.get("info_hash", [])
-        hashes = raw if isinstance(raw, list) else [raw]
-        if len(hashes) > MAX_SCRAPE_HASHES:
-            raise TrackerError(f"scrape: more than {MAX_SCRAPE_HASHES} info-hashes")
-        return Scrape(tuple(str_to_id(h, "info_hash") for h in hashes))
     if action != "announce":
-        raise TrackerError(f"unknown action {str(action)[:40]!r}")
+        if action == "scrape":
+            raw = obj.get("info_hash", [])
+            hashes = raw if isinstance(raw, list) else [raw]
+            if len(hashes) > MAX_SCRAPE_HASHES:
+                raise TrackerError(f"scrape: more than {MAX_SCRAPE_HASHES} info-hashes")
+            return Scrape(tuple(str_to_id(h, "info_hash") for h in hashes))
+        raise TrackerError(f"unknown action {_shown(action)}")
     info_hash = str_to_id(obj.get("info_hash"), "info_hash")
     peer_id = str_to_id(obj.get("peer_id"), "peer_id")
     if "answer" in obj:
@@ -215,37 +258,52 @@ def parse_client_message(data: str | bytes, loads: Loads = json.loads) -> Client
         )
     event = obj.get("event")
     if event is not None and event not in EVENTS:
-        raise TrackerError(f"event: unknown value {str(event)[:40]!r}")
-    offers_raw = obj.get("offers", [])
+        raise TrackerError(f"event: unknown value {_shown(event)}")
+    offers_raw = obj.get("offers", _NO_OFFERS)
     if not isinstance(offers_raw, list):
         raise TrackerError("offers: expected a list")
-    offers = []
-    for n, item in enumerate(offers_raw[:MAX_OFFERS]):
-        # The hot path of a busy tracker: field names for errors are only formatted when needed.
-        if not isinstance(item, dict):
-            raise TrackerError(f"offers[{n}]: expected an object")
-        offer_id = item.get("offer_id")
-        if isinstance(offer_id, str) and len(offer_id) == 20 and offer_id.isascii():
-            raw_id = offer_id.encode("ascii")
-        else:
-            raw_id = str_to_id(offer_id, f"offers[{n}].offer_id")
-        offer = item.get("offer")
-        if (type(offer) is dict and offer.get("type") == "offer" and type(sdp := offer.get("sdp")) is str
-                and len(sdp) <= MAX_SDP_LENGTH):
-            offers.append(Offer(raw_id, sdp))
-        else:
-            offers.append(Offer(raw_id, _sdp(offer, "offer", f"offers[{n}].offer")))
+    offers: list[Offer] = []
+    for item in offers_raw[:MAX_OFFERS]:
+        # The hot path of a busy tracker: a well-formed offer (with an ASCII offer_id, as WebTorrent and
+        # libtorrent make them) is taken in a few steps. Subscripting raises for a missing key and for any JSON
+        # value that is not an object, which leaves the offer to _offer: it checks it again, field by field,
+        # and says what is wrong.
+        try:
+            offer_id = item["offer_id"]
+            offer = item["offer"]
+            sdp = offer["sdp"]
+            if (offer["type"] == "offer" and type(sdp) is str and len(sdp) <= MAX_SDP_LENGTH
+                    and type(offer_id) is str and len(offer_id) == 20 and offer_id.isascii()):
+                offers.append(_build(Offer, (offer_id.encode("ascii"), sdp)))
+                continue
+        except (KeyError, TypeError):
+            pass
+        offers.append(_offer(item, len(offers)))
+    # Counters: a plain int in range is taken as is (``type() is int`` also rules out bool); anything else
+    # (absent, null, a float, out of range) goes through _int for its conversion or its error.
+    numwant = obj.get("numwant", 50)
+    if type(numwant) is not int or not 0 <= numwant <= 1000:
+        numwant = _int(obj, "numwant", 50, 0, 1000) or 0
+    uploaded = obj.get("uploaded", 0)
+    if type(uploaded) is not int or not 0 <= uploaded <= MAX_COUNTER:
+        uploaded = _int(obj, "uploaded", 0) or 0
+    downloaded = obj.get("downloaded", 0)
+    if type(downloaded) is not int or not 0 <= downloaded <= MAX_COUNTER:
+        downloaded = _int(obj, "downloaded", 0) or 0
     left = obj.get("left")
-    return Announce(
-        info_hash=info_hash,
-        peer_id=peer_id,
-        numwant=_int(obj, "numwant", 50, 0, 1000) or 0,
-        uploaded=_int(obj, "uploaded", 0) or 0,
-        downloaded=_int(obj, "downloaded", 0) or 0,
-        left=None if left is None else _int(obj, "left"),
-        event=None if event in (None, "update") else event,
-        offers=tuple(offers),
-    )
+    if left is not None and (type(left) is not int or not 0 <= left <= MAX_COUNTER):
+        left = _int(obj, "left")
+    if event == "update":
+        event = None
+    return _build(Announce, (info_hash, peer_id, numwant, uploaded, downloaded, left, event, tuple(offers)))
+
+
+def _offer(item: Any, n: int) -> Offer:
+    """``offers[n]`` of an announce, checked field by field (the slow path of parse_client_message)."""
+    if not isinstance(item, dict):
+        raise TrackerError(f"offers[{n}]: expected an object")
+    raw_id = str_to_id(item.get("offer_id"), f"offers[{n}].offer_id")
+    return Offer(raw_id, _sdp(item.get("offer"), "offer", f"offers[{n}].offer"))
 
 
 def encode_client_message(msg: ClientMessage) -> str:
@@ -302,7 +360,7 @@ def parse_tracker_message(data: str | bytes) -> TrackerMessage:
                         _int(stats, "incomplete", 0) or 0, _int(stats, "downloaded", 0) or 0))
         return ScrapeReply(tuple(out))
     if action != "announce":
-        raise TrackerError(f"unknown action {str(action)[:40]!r}")
+        raise TrackerError(f"unknown action {_shown(action)}")
     info_hash = str_to_id(obj.get("info_hash"), "info_hash")
     if "offer" in obj:
         return ForwardedOffer(info_hash, str_to_id(obj.get("peer_id"), "peer_id"),

@@ -30,7 +30,7 @@ Counting rules (BEP 48 scrape fields):
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
@@ -101,6 +101,12 @@ _DRAWS_PER_PEER = 4
 #: the other limits so the CLI can show it without importing the server). Each costs a task, buffers and a
 #: file descriptor, so the process needs RLIMIT_NOFILE above it; further upgrade requests get HTTP 503.
 MAX_WS_CONNECTIONS = 10_000
+
+#: The ``socket`` of _sample's callers that have none to avoid: no peer is on it.
+_NO_SOCKET: Hashable = object()
+#: Builds a codec message (a NamedTuple) from a tuple of all its fields, skipping the Python-level
+#: ``__new__`` of NamedTuple: half the cost, on the per-offer path of announce_ws.
+_build = tuple.__new__
 
 Kind = Literal["http", "udp", "ws"]
 KINDS: tuple[Kind, ...] = ("http", "udp", "ws")
@@ -191,7 +197,7 @@ class _Pool:
 class Swarm:
     """The peers of one info-hash and its counters."""
 
-    __slots__ = ("info_hash", "peers", "ws", "v4", "v6", "complete", "incomplete", "downloaded")
+    __slots__ = ("info_hash", "peers", "ws", "v4", "v6", "complete", "incomplete", "downloaded", "ws_reply")
 
     def __init__(self, info_hash: bytes) -> None:
         self.info_hash = info_hash
@@ -203,6 +209,9 @@ class Swarm:
         self.complete = 0
         self.incomplete = 0
         self.downloaded = 0
+        #: The last AnnounceReply built for this swarm, reused while its counts and interval stay the same
+        #: (see SwarmRegistry._swarm_reply).
+        self.ws_reply: AnnounceReply | None = None
 
     def pool(self, peer: Peer) -> _Pool:
         if peer.addr is None:
@@ -346,17 +355,11 @@ class SwarmRegistry:
     def _addr_reply(self, swarm: Swarm | None, peer: Peer | None, n: int, want4: bool, want6: bool) -> AddrReply:
         if swarm is None:
             return AddrReply(0, 0, self.interval, (), ())
-
-        if peer is not None and peer.complete:
-            def ok(p: Peer) -> bool:
-                return p is not peer and not p.complete
-        else:
-            def ok(p: Peer) -> bool:
-                return p is not peer
+        skip_seeds = peer is not None and peer.complete
 
         def pick(pool: _Pool) -> tuple[PeerAddress, ...]:
             out = []
-            for p in self._sample(pool, n, ok):
+            for p in self._sample(pool, n, peer, _NO_SOCKET, skip_seeds):
                 assert p.addr is not None
                 out.append(PeerAddress(p.peer_id, p.addr[0], p.addr[1]))
             return tuple(out)
@@ -398,9 +401,11 @@ class SwarmRegistry:
             old_swarm = self.swarms.get(ih)
             if old_swarm is not None and previous_pid in old_swarm.peers:
                 self._remove(old_swarm, previous_pid)
-        swarm = self._swarm(ih)
+        swarm = self.swarms.get(ih)
+        if swarm is None:
+            swarm = self._swarm(ih)
+        peer = swarm.peers.get(pid)
         try:
-            peer = swarm.peers.get(pid)
             if peer is None:
                 peer = Peer(pid, "ws", None, socket, msg.left, now)
                 self._add(swarm, pid, peer)
@@ -408,22 +413,19 @@ class SwarmRegistry:
                 raise TrackerError("peer_id is in use on another connection")
             else:
                 self._update(swarm, pid, peer, msg.left, now)
-        finally:
+        except BaseException:
+            # A swarm created for this announce must not stay behind empty. (On success the peer is in it.)
             self._drop_if_empty(swarm)
+            raise
         self.announces["ws"] += 1
-        out: list[Outgoing] = [(socket, self._ws_reply(ih))]
-        k = min(len(msg.offers), MAX_OFFERS_PER_ANNOUNCE, msg.numwant)
+        out: list[Outgoing] = [(socket, self._swarm_reply(swarm))]
+        offers = msg.offers
+        k = min(len(offers), MAX_OFFERS_PER_ANNOUNCE, msg.numwant)
         if k > 0:
-            sender = peer
-            if sender.complete:
-                def ok(p: Peer) -> bool:
-                    return p is not sender and p.socket is not socket and not p.complete
-            else:
-                def ok(p: Peer) -> bool:
-                    return p is not sender and p.socket is not socket
-            targets = self._sample(swarm.ws, k, ok)
-            for offer, target in zip(msg.offers, targets, strict=False):
-                out.append((target.socket, ForwardedOffer(ih, pid, offer.offer_id, offer.sdp)))
+            targets = self._sample(swarm.ws, k, peer, socket, peer.left == 0)
+            for offer, target in zip(offers, targets, strict=False):
+                # _build: ForwardedOffer(ih, pid, offer.offer_id, offer.sdp) without NamedTuple's __new__.
+                out.append((target.socket, _build(ForwardedOffer, (ih, pid, offer.offer_id, offer.sdp))))
             self.offers_forwarded += len(targets)
         return out
 
@@ -467,8 +469,20 @@ class SwarmRegistry:
 
     def _ws_reply(self, info_hash: bytes) -> AnnounceReply:
         swarm = self.swarms.get(info_hash)
-        complete, incomplete = (swarm.complete, swarm.incomplete) if swarm is not None else (0, 0)
-        return AnnounceReply(info_hash, interval=self.interval, complete=complete, incomplete=incomplete)
+        if swarm is None:
+            return AnnounceReply(info_hash, interval=self.interval, complete=0, incomplete=0)
+        return self._swarm_reply(swarm)
+
+    def _swarm_reply(self, swarm: Swarm) -> AnnounceReply:
+        """The AnnounceReply for ``swarm``. Every announce gets one and it only changes with the counts (or the
+        interval), so the swarm keeps the last one: building it costs more than these three comparisons, and
+        the server's cache of encoded replies then finds the very same object."""
+        reply = swarm.ws_reply
+        if (reply is None or reply.complete != swarm.complete or reply.incomplete != swarm.incomplete
+                or reply.interval != self.interval):
+            reply = swarm.ws_reply = AnnounceReply(swarm.info_hash, interval=self.interval,
+                                                   complete=swarm.complete, incomplete=swarm.incomplete)
+        return reply
 
     # ------------------------------------------------------------------------------------- expiry
 
@@ -515,9 +529,9 @@ class SwarmRegistry:
             self._sockets.setdefault(peer.socket, {})[swarm.info_hash] = peer.peer_id
 
     def _update(self, swarm: Swarm, key: _Key, peer: Peer, left: int | None, now: float) -> None:
-        was_complete = peer.complete
+        was_complete = peer.left == 0
         peer.left = left
-        if peer.complete != was_complete:
+        if (left == 0) != was_complete:
             if was_complete:
                 swarm.complete -= 1
                 swarm.incomplete += 1
@@ -552,8 +566,9 @@ class SwarmRegistry:
         if not swarm.peers and self.swarms.get(swarm.info_hash) is swarm:
             del self.swarms[swarm.info_hash]
 
-    def _sample(self, pool: _Pool, k: int, ok: Callable[[Peer], bool]) -> list[Peer]:
-        """Up to ``k`` distinct random peers of ``pool`` for which ``ok`` holds.
+    def _sample(self, pool: _Pool, k: int, me: Peer | None, socket: Hashable, skip_seeds: bool) -> list[Peer]:
+        """Up to ``k`` distinct random peers of ``pool``, never ``me`` nor a peer on ``socket`` (``_NO_SOCKET``
+        for none) and, when ``skip_seeds``, no seed.
 
         Small pools (at most 4k) are filtered and sampled exactly: every suitable peer is picked when there
         are no more than ``k``. Large pools are sampled by rejection with a bounded number of draws, so the
@@ -565,16 +580,22 @@ class SwarmRegistry:
             return []
         rng = self.rng
         if n <= 4 * k:
-            candidates = [p for p in items if ok(p)]
+            candidates = [p for p in items
+                          if p is not me and p.socket is not socket and not (skip_seeds and p.left == 0)]
             if len(candidates) <= k:
                 rng.shuffle(candidates)
                 return candidates
             return rng.sample(candidates, k)
+        # A slot is drawn as random.choices draws one: int(random() * n) is one C call where randrange(n) is
+        # several Python ones; its bias (about n / 2**53) is nil at these sizes.
+        random_ = rng.random
         chosen: dict[int, Peer] = {}
         for _ in range(_DRAWS_PER_PEER * k + 8):
-            p = items[rng.randrange(n)]
-            if p.slot not in chosen and ok(p):
-                chosen[p.slot] = p
-                if len(chosen) == k:
-                    break
+            i = int(random_() * n)
+            if i not in chosen:
+                p = items[i]
+                if p is not me and p.socket is not socket and not (skip_seeds and p.left == 0):
+                    chosen[i] = p
+                    if len(chosen) == k:
+                        break
         return list(chosen.values())

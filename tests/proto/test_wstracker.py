@@ -123,3 +123,63 @@ def test_structured_garbage_raises_only_tracker_errors(obj, action):
             parse(json.dumps(obj))
         except TrackerError:
             pass
+
+
+def test_counters_fast_path_and_conversions():
+    base = {"action": "announce", "info_hash": "x" * 20, "peer_id": "p" * 20}
+    msg = parse_client_message(json.dumps(base))
+    assert (msg.numwant, msg.uploaded, msg.downloaded, msg.left, msg.event) == (50, 0, 0, None, None)
+    msg = parse_client_message(json.dumps({**base, "numwant": None, "uploaded": 3.0, "downloaded": 2**53, "left": 0,
+                                           "event": "update"}))
+    assert (msg.numwant, msg.uploaded, msg.downloaded, msg.left, msg.event) == (50, 3, 2**53, 0, None)
+    for key, value in [("numwant", True), ("numwant", 1001), ("numwant", -1), ("uploaded", 2**53 + 1),
+                       ("downloaded", False), ("left", 1.5), ("left", "7")]:
+        with pytest.raises(TrackerError, match=f"^{key}: expected an integer"):
+            parse_client_message(json.dumps({**base, key: value}))
+
+
+def test_offer_errors_name_the_offer():
+    base = {"action": "announce", "info_hash": "x" * 20, "peer_id": "p" * 20}
+    good = {"offer_id": "o" * 20, "offer": {"type": "offer", "sdp": "v=0"}}
+    cases = [
+        ("nope", r"offers\[1\]: expected an object"),
+        ({"offer": good["offer"]}, r"offers\[1\]\.offer_id: expected a 20-character string"),
+        ({**good, "offer_id": "\u0100" * 20}, r"offers\[1\]\.offer_id: characters above U\+00FF"),
+        ({**good, "offer": "sdp"}, r"offers\[1\]\.offer: expected"),
+        ({**good, "offer": {"sdp": "v=0"}}, r"offers\[1\]\.offer: expected"),
+        ({**good, "offer": {"type": "answer", "sdp": "v=0"}}, r"offers\[1\]\.offer: expected"),
+        ({**good, "offer": {"type": "offer", "sdp": "v" * 20000}}, r"offers\[1\]\.offer\.sdp: longer than"),
+    ]
+    for bad, error in cases:
+        with pytest.raises(TrackerError, match=error):
+            parse_client_message(json.dumps({**base, "offers": [good, bad]}))
+    # A non-ASCII (Latin-1) offer_id takes the careful path and decodes the same way.
+    latin = {**good, "offer_id": "\u00e9" * 20}
+    msg = parse_client_message(json.dumps({**base, "offers": [good, latin]}, ensure_ascii=False).encode())
+    assert msg.offers == (Offer(b"o" * 20, "v=0"), Offer(b"\xe9" * 20, "v=0"))
+
+
+def test_deeply_nested_values_in_errors_stay_short():
+    # A value nested deeper than the recursion limit (as a parser with its own limit can return): showing it
+    # in the error must not recurse through it.
+    nested: list = []
+    for _ in range(100_000):
+        nested = [nested]
+    with pytest.raises(TrackerError, match=r"^unknown action '\[\[\[") as exc:
+        parse_client_message("{}", lambda _data: {"action": nested})
+    assert len(str(exc.value)) < 80
+    with pytest.raises(TrackerError, match="event: unknown value '.{40}'$"):
+        parse_client_message(json.dumps({"action": "announce", "info_hash": "x" * 20, "peer_id": "p" * 20,
+                                         "event": "e" * 100}))
+
+
+def test_messages_equal_only_their_own_type():
+    a, b, c = b"a" * 20, b"b" * 20, b"c" * 20
+    forwarded, relayed = ForwardedOffer(a, b, c, "s"), RelayedAnswer(a, b, c, "s")
+    assert forwarded == ForwardedOffer(a, b, c, "s") and hash(forwarded) == hash(ForwardedOffer(a, b, c, "s"))
+    assert forwarded != relayed and not forwarded == relayed  # noqa: SIM201
+    assert Offer(a, "s") != (a, "s") and (a, "s") != Offer(a, "s")
+    assert {AnnounceReply(a, 120, None, 1, 2): "cached"}[AnnounceReply(a, 120, None, 1, 2)] == "cached"
+    with pytest.raises(AttributeError):
+        forwarded.sdp = "changed"  # type: ignore[misc]
+    assert Announce(a, b)._replace(numwant=3) == Announce(a, b, numwant=3)

@@ -136,6 +136,46 @@ def test_seed_offers_go_to_leechers_only() -> None:
     assert {t.name for t, _ in out[1:]} == {f"seed{i}" for i in range(5)}  # type: ignore[attr-defined]
 
 
+def test_seed_offers_go_to_leechers_only_in_a_large_swarm() -> None:
+    # Large pool: the rejection-sampling path, which must apply the same rules.
+    reg = SwarmRegistry(rng=random.Random(13))
+    seeds = join(reg, 150, left=0)
+    leechers = [Sock(f"leech{i}") for i in range(30)]
+    for i, s in enumerate(leechers):
+        reg.announce_ws(s, announce(1000 + i), 0.0)
+    leecher_socks = set(map(id, leechers))
+    for trial in range(50):
+        out = reg.announce_ws(seeds[trial], announce(trial, left=0, offers=5), 1.0)
+        targets = [t for t, _ in out[1:]]
+        assert targets and len(set(map(id, targets))) == len(targets)
+        assert all(id(t) in leecher_socks for t in targets)
+    seen_seeds = set()
+    for trial in range(30):
+        out = reg.announce_ws(leechers[trial], announce(1000 + trial, offers=5), 1.0)
+        targets = [t for t, _ in out[1:]]
+        assert len(targets) == 5 and leechers[trial] not in targets
+        seen_seeds.update(id(t) for t in targets if id(t) not in leecher_socks)
+    assert seen_seeds  # a leecher's offers reach seeds too
+
+
+def test_reply_follows_the_counts_and_interval() -> None:
+    reg = SwarmRegistry(rng=random.Random(12))
+    a, b = Sock("a"), Sock("b")
+    first = reg.announce_ws(a, announce(1), 0.0)[0][1]
+    assert first == AnnounceReply(IH, interval=reg.interval, complete=0, incomplete=1)
+    assert reg.announce_ws(a, announce(1), 1.0)[0][1] is first  # unchanged counts: the same reply
+    assert reg.announce_ws(b, announce(2, left=0), 1.0)[0][1] == AnnounceReply(IH, reg.interval, None, 1, 1)
+    assert reg.announce_ws(a, announce(1, left=0, event="completed"), 2.0)[0][1].complete == 2
+    reg.announce_addr("http", IH, pid(3), "10.0.0.3", 1, 5, "started", 50, 2.0)
+    assert reg.announce_ws(a, announce(1, left=0), 3.0)[0][1] == AnnounceReply(IH, reg.interval, None, 2, 1)
+    reg.close_socket(b)
+    assert reg.announce_ws(a, announce(1, left=0), 4.0)[0][1] == AnnounceReply(IH, reg.interval, None, 1, 1)
+    reg.interval = 30
+    assert reg.announce_ws(a, announce(1, left=0), 5.0)[0][1] == AnnounceReply(IH, 30, None, 1, 1)
+    assert reg.expire(5.0 + EXPIRY_INTERVALS * 30 + 1) == 2
+    assert reg.announce_ws(a, announce(1, left=0), 200.0)[0][1] == AnnounceReply(IH, 30, None, 1, 0)
+
+
 def test_stopped_and_completed_carry_no_forwarding_for_stopped() -> None:
     reg = SwarmRegistry(rng=random.Random(5))
     socks = join(reg, 3)

@@ -5,7 +5,9 @@ One run measures, on the same random file (``--size-mib``, default 64 MiB):
 
 1. ``bridge``: ``python -m bridge seed TORRENT`` (uvloop, as the CLI picks it) seeds; headless Chromium
    running the real WebTorrent bundle (web/node_modules/webtorrent, page tests/browser/webtorrent/wt.html)
-   adds the magnet and downloads through a ws tracker (the bridge's embedded one, a fresh one per run).
+   adds the magnet and downloads through a ws tracker (the bridge's embedded one, a fresh one per run). The
+   page keeps the torrent in memory, as the raw page does (``--page-store default``: WebTorrent's own store,
+   which in Chromium writes every chunk to the Origin Private File System and is then the page's main cost).
 2. ``raw aiortc``: the same bytes over one bare data channel, RtcTransport -> Chromium, no BitTorrent
    (bench/rtc_raw.py's aiortc-chromium, imported), in this process on uvloop.
 3. ``libtorrent``: libtorrent 2.1 seeding over WebRTC only (TCP and uTP off) to the same kind of page.
@@ -26,6 +28,7 @@ hold against it. The page checks SHA-256 of what it stored.
     python bench/rtc_throughput.py --repeat 3             # best of 3 for each
     python bench/rtc_throughput.py --only bridge,raw --size-mib 32
     python bench/rtc_throughput.py --profile /tmp/bridge.prof   # the bridge seeder under cProfile
+    python bench/rtc_throughput.py --page-store default   # WebTorrent's own (OPFS) store in the page
 
 This is a benchmark, not a test: it fails only when data arrives wrong or not at all.
 """
@@ -93,13 +96,41 @@ LABELS = {
 
 # In the wt.html page (window.client is WebTorrent with rtcConfig {iceServers: []}): add the magnet and time
 # it; resolves at the torrent's 'done' event. HASH_JS then hashes what the page stored.
+#
+# With ``memory`` true the torrent is stored by MemStore below (chunks kept in an array, as the raw page keeps
+# its bytes) instead of WebTorrent's default store, which in Chromium writes every chunk to the Origin
+# Private File System (a file handle, createWritable and close per chunk, and reads back each piece to
+# verify it). Profiled, that storage is most of the page's work, and it is the same whoever seeds. The
+# memory store takes it out, so that the bridge and libtorrent are measured against the raw channel on the
+# same terms: --page-store default keeps WebTorrent's own store.
 DOWNLOAD_JS = """
-async ([magnet, announce]) => {
+async ([magnet, announce, memory]) => {
+  // The abstract-chunk-store interface WebTorrent calls: put/get/close/destroy with callbacks.
+  class MemStore {
+    constructor (chunkLength, opts) { this.chunkLength = Number(chunkLength); this.chunks = [] }
+    put (index, buf, cb) { this.chunks[index] = buf; if (cb) queueMicrotask(() => cb(null)) }
+    get (index, opts, cb) {
+      if (typeof opts === 'function') { cb = opts; opts = null }
+      let buf = this.chunks[index]
+      if (!buf) {
+        const err = new Error('Chunk not found'); err.notFound = true
+        return queueMicrotask(() => cb(err))
+      }
+      if (opts) {
+        const offset = opts.offset || 0
+        buf = buf.subarray(offset, offset + (opts.length || buf.length - offset))
+      }
+      queueMicrotask(() => cb(null, buf))
+    }
+    close (cb) { if (cb) queueMicrotask(() => cb(null)) }
+    destroy (cb) { this.chunks = []; if (cb) queueMicrotask(() => cb(null)) }
+  }
   const client = window.client
   const t = { add: performance.now(), wire: null, first: null, done: null }
   return await new Promise((resolve, reject) => {
     client.on('error', e => reject(String(e)))
-    const torrent = window.benchTorrent = client.add(magnet, { announce })
+    const opts = memory ? { announce, store: MemStore } : { announce }
+    const torrent = window.benchTorrent = client.add(magnet, opts)
     torrent.on('error', e => reject(String(e)))
     torrent.on('wire', () => { if (t.wire === null) t.wire = performance.now() })
     torrent.on('download', () => { if (t.first === null) t.first = performance.now() })
@@ -299,7 +330,7 @@ async def page_download(ctx: Context, method: str, tracker: str, seeder: Child) 
         seeder0, browser0 = seeder.cpu(), browser_cpu()
         wall0 = time.perf_counter()
         async with asyncio.timeout(ctx.args.timeout):
-            out = await page.evaluate(DOWNLOAD_JS, [ctx.magnet, [tracker]])
+            out = await page.evaluate(DOWNLOAD_JS, [ctx.magnet, [tracker], ctx.args.page_store == "memory"])
         wall = time.perf_counter() - wall0
         seeder1, browser1 = seeder.cpu(), browser_cpu()
         drops = udp_rcvbuf_errors() - drops0
@@ -558,6 +589,9 @@ def main() -> int:
     p.add_argument("--only", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
     p.add_argument("--timeout", type=float, default=300.0, help="seconds for each transfer (default 300)")
     p.add_argument("--no-netns", action="store_true", help="run on 127.0.0.1 in this namespace (no libtorrent)")
+    p.add_argument("--page-store", choices=["memory", "default"], default="memory",
+                   help="where the WebTorrent page keeps the torrent: in memory, like the raw page (default), or "
+                        "WebTorrent's own store (the Origin Private File System in Chromium)")
     p.add_argument("--lt-preset", choices=["high_performance_seed", "default"], default="high_performance_seed")
     p.add_argument("--profile", metavar="PATH", help="run the bridge seeder under cProfile, writing PATH")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")

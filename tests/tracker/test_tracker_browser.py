@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from bridge.tracker import TrackerServer, start_tracker
+from bridge.tracker import TrackerServer
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -102,15 +102,6 @@ window.leech = (magnet) => new Promise((resolve, reject) => {
 window.pageReady = true
 </script>
 """
-
-
-@pytest.fixture
-async def tracker() -> AsyncIterator[TrackerServer]:
-    t = await start_tracker("127.0.0.1", 0, interval=60)
-    try:
-        yield t
-    finally:
-        await asyncio.wait_for(t.close(), 10)
 
 
 @pytest.fixture

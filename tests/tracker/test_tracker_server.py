@@ -41,15 +41,6 @@ def req(n: int, port: int, left: int = 100, event: str = "started", ih: bytes = 
 
 
 @pytest.fixture
-async def tracker() -> AsyncIterator[TrackerServer]:
-    t = await start_tracker("127.0.0.1", 0, interval=60)
-    try:
-        yield t
-    finally:
-        await asyncio.wait_for(t.close(), 10)
-
-
-@pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s:
         yield s

@@ -48,15 +48,6 @@ def announce_msg(peer: bytes, ih: bytes = IH, offers: int = 0, left: int | None 
     return d
 
 
-@pytest.fixture
-async def tracker() -> AsyncIterator[TrackerServer]:
-    t = await start_tracker("127.0.0.1", 0, interval=60)
-    try:
-        yield t
-    finally:
-        await asyncio.wait_for(t.close(), 10)
-
-
 async def open_ws(tracker: TrackerServer) -> ClientConnection:
     return await connect(tracker.ws_url, proxy=None, compression=None, open_timeout=5, close_timeout=2,
                          max_size=2**20)

@@ -10,7 +10,6 @@ import asyncio
 import base64
 import json
 import os
-from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -84,15 +83,6 @@ class RawClient:
 
     def close(self) -> None:
         self.writer.close()
-
-
-@pytest.fixture
-async def tracker() -> AsyncIterator[TrackerServer]:
-    t = await start_tracker("127.0.0.1", 0, interval=60)
-    try:
-        yield t
-    finally:
-        await asyncio.wait_for(t.close(), 10)
 
 
 async def bystander_works(tracker: TrackerServer, tag: bytes) -> None:

@@ -10,21 +10,23 @@ One run measures, on the same random file (``--size-mib``, default 64 MiB):
    which in Chromium writes every chunk to the Origin Private File System and is then the page's main cost).
 2. ``raw aiortc``: the same bytes over one bare data channel, RtcTransport -> Chromium, no BitTorrent
    (bench/rtc_raw.py's aiortc-chromium, imported), in this process on uvloop.
-3. ``libtorrent``: libtorrent 2.1 seeding over WebRTC only (TCP and uTP off) to the same kind of page.
+3. ``raw-aiortc``: the same bytes from RtcTransport to RtcTransport in another process, no browser
+   (bench/rtc_raw.py's aiortc-aiortc, the issue's "aiortc to aiortc raw"), on 127.0.0.1.
+4. ``libtorrent``: libtorrent 2.1 seeding over WebRTC only (TCP and uTP off) to the same kind of page.
 
 libtorrent's ICE (libjuice) never gathers on 127/8, so by default the script re-runs itself inside a private
 network namespace (``unshare -n``, needs root) with a veth pair (10.77.0.1 and 10.77.0.2, nothing leaves it),
-and all three measurements run there, with Chromium inside too. The trackers, the bridge and libtorrent use
+and all the measurements run there, with Chromium inside too. The trackers, the bridge and libtorrent use
 10.77.0.1, and Chromium offers candidates on every address of the namespace; the raw channel keeps
 rtc_raw.py's 127.0.0.1 (both are local addresses, carried by the same loopback path). Without namespaces
-(or with ``--no-netns``) it runs parts 1 and 2 on 127.0.0.1 and says that libtorrent was skipped.
+(or with ``--no-netns``) it runs parts 1 to 3 on 127.0.0.1 and says that libtorrent was skipped.
 
 Times come from the page (performance.now()): from ``client.add()`` to the torrent's ``done`` event (metadata
 fetch and connection set-up included), and from the first block received to ``done``. The raw channel's time
 runs from the first byte written to the last one received, so the bridge's first-block figure is the one to
 hold against it. The page checks SHA-256 of what it stored.
 
-    python bench/rtc_throughput.py                        # 64 MiB, all three, in a namespace
+    python bench/rtc_throughput.py                        # 64 MiB, all four, in a namespace
     python bench/rtc_throughput.py --repeat 3             # best of 3 for each
     python bench/rtc_throughput.py --only bridge,raw --size-mib 32
     python bench/rtc_throughput.py --profile /tmp/bridge.prof   # the bridge seeder under cProfile
@@ -85,12 +87,13 @@ NETNS_SETUP = [
     "ip link set veth1 up",
     "ip route add default via 10.77.0.2 dev veth0",
 ]
-METHODS = ("bridge", "raw", "libtorrent")
+METHODS = ("bridge", "raw", "raw-aiortc", "libtorrent")
 INTERRUPTED: list[bool] = []
-PYTHON_SIDE = {"bridge": "bridge", "raw": "aiortc", "libtorrent": "libtorrent"}
+PYTHON_SIDE = {"bridge": "bridge", "raw": "aiortc", "raw-aiortc": "aiortc", "libtorrent": "libtorrent"}
 LABELS = {
     "bridge": "bridge -> WebTorrent",
     "raw": "raw aiortc -> Chromium",
+    "raw-aiortc": "raw aiortc -> aiortc",
     "libtorrent": "libtorrent -> WebTorrent",
 }
 
@@ -422,7 +425,21 @@ async def run_libtorrent(ctx: Context) -> Result:
         await children.stop(tracker)
 
 
-RUNNERS = {"bridge": run_bridge, "raw": run_raw, "libtorrent": run_libtorrent}
+async def run_raw_aiortc(ctx: Context) -> Result:
+    """bench/rtc_raw.py's aiortc-aiortc (the issue's "aiortc to aiortc raw"): the same bytes from this
+    process to a receiver process, both RtcTransport on uvloop, on 127.0.0.1. No browser: its CPU and
+    drops are not taken (the sender's CPU is)."""
+    rtc_raw.payload = lambda size: ctx.data
+    async with asyncio.timeout(ctx.args.timeout):
+        r = await rtc_raw.aiortc_to_aiortc(len(ctx.data), "uvloop")
+    await rtc_raw.wait_closing()
+    m = re.search(r"sender (\d+)%", r["cpu"])
+    cpu = float(m.group(1)) if m else None
+    return Result("raw-aiortc", r["ok"], r["wall"], seeder_cpu=cpu,
+                  seeder_cpu_s=cpu * r["wall"] / 100 if cpu else None)
+
+
+RUNNERS = {"bridge": run_bridge, "raw": run_raw, "raw-aiortc": run_raw_aiortc, "libtorrent": run_libtorrent}
 
 
 # ------------------------------------------------------------------------------ libtorrent seeder
@@ -543,7 +560,8 @@ async def main_async(args: argparse.Namespace, host: str, methods: list[str], no
                           f"data {'OK' if r.ok else 'WRONG'}", file=sys.stderr)
                 if "bridge" in methods and "raw" in methods:
                     b, w = results["bridge"][-1], results["raw"][-1]
-                    print(f"  run {i + 1} bridge / raw aiortc: {w.first_s / b.first_s:.2f}", file=sys.stderr)
+                    print(f"  run {i + 1} bridge / raw aiortc -> Chromium: {w.first_s / b.first_s:.2f}",
+                          file=sys.stderr)
         best = {m: min(rs, key=lambda r: r.first_s) for m, rs in results.items()}
         best_total = {m: min((r.total_s for r in rs if r.total_s is not None), default=None)
                       for m, rs in results.items()}
@@ -560,12 +578,16 @@ async def main_async(args: argparse.Namespace, host: str, methods: list[str], no
             ["", "MB/s", "first byte->done s", "MB/s", "add()->done s", "sender CPU%", "browser CPU%",
              "UDP drops", "SHA-256"],
             rows, [False, True, True, True, True, True, True, True, False]))
-        per_mb = [f"{LABELS[m].split(' ')[0]} {1000 * r.seeder_cpu_s / (size / 1e6):.0f}"
+        per_mb = [f"{m} {1000 * r.seeder_cpu_s / (size / 1e6):.0f}"
                   for m, r in best.items() if r.seeder_cpu_s is not None]
         print(f"sender CPU ms per MB (best runs; bridge and libtorrent include connection set-up): {', '.join(per_mb)}")
         if "bridge" in best and "raw" in best:
             ratio = best["raw"].first_s / best["bridge"].first_s
-            print(f"bridge / raw aiortc, MB/s first byte->done: {ratio:.2f} (bar 0.80: "
+            print(f"bridge / raw aiortc -> Chromium, MB/s first byte->done: {ratio:.2f} (bar 0.80: "
+                  f"{'met' if ratio >= 0.8 else 'NOT met'})")
+        if "bridge" in best and "raw-aiortc" in best:
+            ratio = best["raw-aiortc"].first_s / best["bridge"].first_s
+            print(f"bridge / raw aiortc -> aiortc, MB/s first byte->done: {ratio:.2f} (bar 0.80: "
                   f"{'met' if ratio >= 0.8 else 'NOT met'})")
         if "bridge" in best and "libtorrent" in best:
             b, t = best["bridge"], best["libtorrent"]

@@ -1,7 +1,8 @@
 """The embedded tracker's I/O: one aiohttp application and one UDP endpoint on the same port number.
 
 * ``GET /`` with a WebSocket upgrade: WebTorrent signalling (the bittorrent-tracker protocol), codec
-  :mod:`bridge.proto.wstracker`.
+  :mod:`bridge.proto.wstracker`. aiohttp answers the handshake; the frames after it are read and written
+  here with :mod:`bridge.proto.websocket` (see ``_WsConn``).
 * ``GET /announce`` and ``GET /scrape``: BEP 3 / 7 / 23 / 48 over HTTP, codec :mod:`bridge.tracker.codec`.
 * ``GET /stats``: JSON counters, and the event loop's lag (``loop_lag``, see bridge/looplag.py).
 * UDP on the same port number: BEP 15 connect, announce and scrape.
@@ -11,7 +12,7 @@ clock (``loop.time()``) and enforces per-connection limits. A bad request gets a
 dropped); it never disturbs other clients.
 
 Every message to a WebSocket client goes through that connection's outbox (see ``_WsConn``), flushed in
-one write per event-loop pass and held back while the transport is over its high-water mark. A connection
+one write per WS_FLUSH_DELAY and held back while the transport is over its high-water mark. A connection
 whose outbox is over a high-water mark is not read until it drains, so a client that does not read its
 replies stops being served; offers forwarded to a connection whose outbox is full are dropped (WebTorrent
 gives up on an unanswered offer after 50 s anyway).

@@ -325,13 +325,19 @@ class _WsConn:
         return True
 
     def send_control(self, data: bytes) -> None:
-        """Queue a whole control frame (pong, ping); these are a few bytes and not held to the outbox limit."""
-        if self.closed:
+        """Queue a whole control frame (pong, ping). It counts towards the outbox like a message, so a client
+        that sends pings and never reads the pongs is stopped by the same limits (a dropped pong is
+        allowed: only the latest ping needs an answer)."""
+        n = len(data)
+        outboxes = self.outboxes
+        if self.closed or self.queued + n > MAX_OUTBOX_BYTES or outboxes.queued + n > MAX_OUTBOX_BYTES_TOTAL:
             return
+        outboxes.queued += n
+        self.queued += n
         self.frames.append(data)
         if not self.scheduled and self.waiting is None:
             self.scheduled = True
-            self.outboxes.mark(self)
+            outboxes.mark(self)
 
     def flush(self) -> None:
         self.scheduled = False

@@ -194,3 +194,22 @@ async def test_tracker_close_sends_going_away(tracker: TrackerServer) -> None:
         with pytest.raises(ConnectionClosed) as info:
             await asyncio.wait_for(ws.recv(), 5)
         assert info.value.rcvd is not None and info.value.rcvd.code == 1001
+
+
+async def test_pings_from_a_client_that_never_reads_are_bounded(tracker: TrackerServer) -> None:
+    """Pongs count towards the outbox: a client that floods pings and reads nothing stops being read once its
+    outbox is full, so the tracker holds a bounded amount for it (outbox plus the transport's high-water
+    mark), and others are served."""
+    c = await RawClient.open(tracker)
+    c.writer.transport.set_write_buffer_limits(high=1 << 30)
+    ping = masked(0x9, b"p" * 125)
+    for _ in range(200):
+        c.writer.write(ping * 1000)  # 26 MB of pings in all, each asking for a 127-byte pong
+        await asyncio.sleep(0.005)
+    await asyncio.sleep(1.0)
+    (conn,) = tracker._conns
+    held = conn.transport.get_write_buffer_size() + sum(len(f) for f in conn.frames)
+    assert held <= tracker_server.MAX_OUTBOX_BYTES + 2 * tracker_server.WRITE_HIGH_WATER, held
+    assert tracker.stats()["ws_queued_bytes"] <= tracker_server.MAX_OUTBOX_BYTES
+    await bystander_works(tracker, b"pf")
+    c.close()

@@ -9,6 +9,7 @@ import os
 from fuzz_support import DEADLINE, SUPPRESS, check, mutated
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from ws_frames import client_frame
 
 from bridge.proto.websocket import MAX_HEADER, ServerFrameParser, WebSocketError, parse_close
 
@@ -17,14 +18,7 @@ FUZZ = settings(max_examples=EXAMPLES, deadline=DEADLINE, suppress_health_check=
 LIMIT = 4096
 
 
-def _frame(opcode: int, payload: bytes, fin: bool, key: bytes) -> bytes:
-    n = len(payload)
-    b0 = (0x80 if fin else 0) | opcode
-    head = bytes((b0, 0x80 | n)) if n < 126 else bytes((b0, 0x80 | 126)) + n.to_bytes(2, "big")
-    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
-
-
-frames = st.builds(_frame, st.sampled_from([0, 1, 2, 8, 9, 10]), st.binary(max_size=300), st.booleans(),
+frames = st.builds(client_frame, st.sampled_from([0, 1, 2, 8, 9, 10]), st.binary(max_size=300), st.booleans(),
                    st.binary(min_size=4, max_size=4))
 streams = st.lists(frames, max_size=8).map(b"".join)
 

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
+from ws_frames import client_frame
 
 from bridge.proto.websocket import (
     CLOSE_INVALID_DATA,
@@ -36,24 +37,6 @@ from bridge.proto.websocket import (
 )
 
 LIMIT = 64 * 1024
-
-
-def client_frame(opcode: int, payload: bytes, fin: bool = True, key: bytes = b"\x12\x34\x56\x78",
-                 rsv: int = 0, masked: bool = True, length_form: str = "shortest") -> bytes:
-    """A client frame written here by hand (RFC 6455 5.2), so the tests do not share the parser's code."""
-    n = len(payload)
-    b0 = (0x80 if fin else 0) | rsv << 4 | opcode
-    mask_bit = 0x80 if masked else 0
-    if length_form == "64" or (length_form == "shortest" and n >= 0x10000):
-        head = bytes((b0, mask_bit | 127)) + n.to_bytes(8, "big")
-    elif length_form == "16" or (length_form == "shortest" and n >= 126):
-        head = bytes((b0, mask_bit | 126)) + n.to_bytes(2, "big")
-    else:
-        head = bytes((b0, mask_bit | n))
-    if not masked:
-        return head + payload
-    body = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
-    return head + key + body
 
 
 def feed_all(parser: ServerFrameParser, data: bytes, cuts: list[int] | None = None) -> list[tuple[int, bytes]]:

@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
+from ws_frames import client_frame
 
 from bridge.tracker import TrackerServer, start_tracker
 from bridge.tracker import server as tracker_server
@@ -30,19 +31,8 @@ def announce(peer: bytes) -> bytes:
 
 
 def masked(opcode: int, payload: bytes, fin: bool = True, mask: bool = True) -> bytes:
-    n = len(payload)
-    b0 = (0x80 if fin else 0) | opcode
-    bit = 0x80 if mask else 0
-    if n < 126:
-        head = bytes((b0, bit | n))
-    elif n < 65536:
-        head = bytes((b0, bit | 126)) + n.to_bytes(2, "big")
-    else:
-        head = bytes((b0, bit | 127)) + n.to_bytes(8, "big")
-    if not mask:
-        return head + payload
-    key = os.urandom(4)
-    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+    """A client frame with a fresh random mask key."""
+    return client_frame(opcode, payload, fin=fin, key=os.urandom(4), masked=mask)
 
 
 class RawClient:

@@ -101,7 +101,7 @@ def check_handshake(method: str, headers: Mapping[str, str]) -> str:
     get = headers.get
     if method != "GET":
         raise HandshakeError("a WebSocket handshake must be a GET")
-    if "websocket" not in (get("Upgrade") or "").lower():
+    if not is_upgrade_request(headers):
         raise HandshakeError("Upgrade: websocket is missing")
     if "upgrade" not in [t.strip() for t in (get("Connection") or "").lower().split(",")]:
         raise HandshakeError("Connection: upgrade is missing")
@@ -136,13 +136,8 @@ def frame(opcode: int, payload: bytes = b"") -> bytes:
 
 def close_frame(code: int, reason: str = "") -> bytes:
     """A close frame with ``code`` and a reason cut to fit a control frame."""
-    raw = reason.encode("utf-8")[:MAX_CONTROL_PAYLOAD - 2]
-    while True:  # the cut must not split a character
-        try:
-            raw.decode("utf-8")
-            break
-        except UnicodeDecodeError:
-            raw = raw[:-1]
+    # The cut may split the last character; decoding with "ignore" drops that part (all else is valid).
+    raw = reason.encode("utf-8")[:MAX_CONTROL_PAYLOAD - 2].decode("utf-8", "ignore").encode("utf-8")
     return frame(OP_CLOSE, _LEN16.pack(code) + raw)
 
 

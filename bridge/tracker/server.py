@@ -310,34 +310,31 @@ class _WsConn:
     def send_payload(self, payload: bytes) -> bool:
         """Queue one text message already encoded as UTF-8."""
         n = len(payload)
-        outboxes = self.outboxes
-        if self.closed or self.queued + n > MAX_OUTBOX_BYTES or outboxes.queued + n > MAX_OUTBOX_BYTES_TOTAL:
-            self.dropped += 1
-            outboxes.dropped += 1
-            return False
-        outboxes.queued += n
-        self.frames.append(frame_header(OP_TEXT, n))
-        self.frames.append(payload)
-        self.queued += n
-        if not self.scheduled and self.waiting is None:
-            self.scheduled = True
-            outboxes.mark(self)
-        return True
+        if self._enqueue(n, frame_header(OP_TEXT, n), payload):
+            return True
+        self.dropped += 1
+        self.outboxes.dropped += 1
+        return False
 
     def send_control(self, data: bytes) -> None:
         """Queue a whole control frame (pong, ping). It counts towards the outbox like a message, so a client
         that sends pings and never reads the pongs is stopped by the same limits (a dropped pong is
         allowed: only the latest ping needs an answer)."""
-        n = len(data)
+        self._enqueue(len(data), data)
+
+    def _enqueue(self, n: int, *chunks: bytes) -> bool:
+        """Add ``chunks`` (``n`` bytes counted towards the outbox limits) and make sure a flush is coming;
+        False if the connection is closing or the limits leave no room."""
         outboxes = self.outboxes
         if self.closed or self.queued + n > MAX_OUTBOX_BYTES or outboxes.queued + n > MAX_OUTBOX_BYTES_TOTAL:
-            return
+            return False
         outboxes.queued += n
         self.queued += n
-        self.frames.append(data)
+        self.frames.extend(chunks)
         if not self.scheduled and self.waiting is None:
             self.scheduled = True
             outboxes.mark(self)
+        return True
 
     def flush(self) -> None:
         self.scheduled = False

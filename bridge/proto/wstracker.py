@@ -189,6 +189,8 @@ def _load(data: str | bytes, loads: Loads = json.loads) -> dict[str, Any]:
 
 def _int(obj: dict[str, Any], key: str, default: int | None = None, lo: int = 0, hi: int = MAX_COUNTER) -> int | None:
     value = obj.get(key, default)
+    if type(value) is int and lo <= value <= hi:  # the common case first (``type() is int`` rules out bool)
+        return value
     if value is None:
         return default
     if isinstance(value, float) and value.is_integer():
@@ -279,20 +281,10 @@ def parse_client_message(data: str | bytes, loads: Loads = json.loads) -> Client
         except (KeyError, TypeError):
             pass
         offers.append(_offer(item, len(offers)))
-    # Counters: a plain int in range is taken as is (``type() is int`` also rules out bool); anything else
-    # (absent, null, a float, out of range) goes through _int for its conversion or its error.
-    numwant = obj.get("numwant", 50)
-    if type(numwant) is not int or not 0 <= numwant <= 1000:
-        numwant = _int(obj, "numwant", 50, 0, 1000) or 0
-    uploaded = obj.get("uploaded", 0)
-    if type(uploaded) is not int or not 0 <= uploaded <= MAX_COUNTER:
-        uploaded = _int(obj, "uploaded", 0) or 0
-    downloaded = obj.get("downloaded", 0)
-    if type(downloaded) is not int or not 0 <= downloaded <= MAX_COUNTER:
-        downloaded = _int(obj, "downloaded", 0) or 0
-    left = obj.get("left")
-    if left is not None and (type(left) is not int or not 0 <= left <= MAX_COUNTER):
-        left = _int(obj, "left")
+    numwant = _int(obj, "numwant", 50, 0, 1000) or 0
+    uploaded = _int(obj, "uploaded", 0) or 0
+    downloaded = _int(obj, "downloaded", 0) or 0
+    left = _int(obj, "left")
     if event == "update":
         event = None
     return _build(Announce, (info_hash, peer_id, numwant, uploaded, downloaded, left, event, tuple(offers)))

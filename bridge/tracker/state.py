@@ -401,9 +401,7 @@ class SwarmRegistry:
             old_swarm = self.swarms.get(ih)
             if old_swarm is not None and previous_pid in old_swarm.peers:
                 self._remove(old_swarm, previous_pid)
-        swarm = self.swarms.get(ih)
-        if swarm is None:
-            swarm = self._swarm(ih)
+        swarm = self._swarm(ih)
         peer = swarm.peers.get(pid)
         try:
             if peer is None:
@@ -422,7 +420,7 @@ class SwarmRegistry:
         offers = msg.offers
         k = min(len(offers), MAX_OFFERS_PER_ANNOUNCE, msg.numwant)
         if k > 0:
-            targets = self._sample(swarm.ws, k, peer, socket, peer.left == 0)
+            targets = self._sample(swarm.ws, k, peer, socket, peer.complete)
             for offer, target in zip(offers, targets, strict=False):
                 # _build: ForwardedOffer(ih, pid, offer.offer_id, offer.sdp) without NamedTuple's __new__.
                 out.append((target.socket, _build(ForwardedOffer, (ih, pid, offer.offer_id, offer.sdp))))
@@ -529,9 +527,9 @@ class SwarmRegistry:
             self._sockets.setdefault(peer.socket, {})[swarm.info_hash] = peer.peer_id
 
     def _update(self, swarm: Swarm, key: _Key, peer: Peer, left: int | None, now: float) -> None:
-        was_complete = peer.left == 0
+        was_complete = peer.complete
         peer.left = left
-        if (left == 0) != was_complete:
+        if peer.complete != was_complete:
             if was_complete:
                 swarm.complete -= 1
                 swarm.incomplete += 1

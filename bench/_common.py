@@ -286,6 +286,17 @@ class Children:
             _signal_group(child.pid, signal.SIGKILL)
 
 
+def bench_main(body: Callable[[], int]) -> int:
+    """A benchmark's exit code: ``body()``'s, or 2 after printing a BenchError as one line, or 130 on Ctrl-C."""
+    try:
+        return body()
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
 def _signal_group(pid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)

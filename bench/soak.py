@@ -58,6 +58,7 @@ from _common import (
     Child,
     Children,
     bench_id,
+    bench_main,
     child_env,
     fake_sdp,
     format_table,
@@ -1613,14 +1614,12 @@ def main(argv: list[str]) -> int:
     args.ramp_timeout = args.ramp_timeout or args.duration / 2
     if args.duration < 10:
         p.error("--duration must be at least 10 s")
-    try:
+
+    def run() -> int:
         need_open_files(args.ws_clients + args.rtc_peers + args.tcp_peers + 1000)
         return asyncio.run(orchestrate(args))
-    except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+
+    return bench_main(run)
 
 
 if __name__ == "__main__":

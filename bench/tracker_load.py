@@ -37,6 +37,7 @@ from _common import (
     BenchError,
     Children,
     bench_id,
+    bench_main,
     child_env,
     format_table,
     proc_cpu_seconds,
@@ -375,13 +376,7 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if args.clients < 2 or args.swarms < 1 or args.clients // args.swarms < 2:
         p.error("need at least 2 clients per swarm")
-    try:
-        return asyncio.run(orchestrate(args))
-    except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    return bench_main(lambda: asyncio.run(orchestrate(args)))
 
 
 if __name__ == "__main__":

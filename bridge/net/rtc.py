@@ -15,7 +15,8 @@ about 31 s of retransmitted checks, longer than ``connect_timeout``, which bound
   ``close()``).
 * Answerer: :func:`answer_offer` -> ``(answer_sdp, task)``; the task's result is the transport.
 
-This module is the only place that knows aiortc (and its W3C camelCase). It is kept thin on purpose: a
+This module (with :mod:`bridge.net.rtc_sctp`, fixes to aiortc's SCTP sender) is the only place that knows
+aiortc (and its W3C camelCase). It is kept thin on purpose: a
 faster data-channel library, or WebRTC peers spread over worker processes, can replace it behind the same
 three entry points. SDP from the network is untrusted: it is size-limited and checked here, and whatever
 goes wrong with it surfaces as :class:`~bridge.errors.RemoteProtocolError`, never as an aiortc exception.
@@ -46,6 +47,7 @@ from aiortc import sdp as aiortc_sdp
 from aiortc.exceptions import InvalidStateError
 
 from ..errors import LocalProtocolError, RemoteProtocolError
+from . import rtc_sctp
 from .transport import Inbox
 
 log = logging.getLogger(__name__)
@@ -91,6 +93,9 @@ class RtcConfig:
     #: ...and resumes when the queue has drained to this (the channel's bufferedAmountLowThreshold), so a
     #: writer wakes once per 768 KiB sent instead of once per message.
     buffered_amount_low: int = 256 * 1024
+    #: Apply :mod:`bridge.net.rtc_sctp`'s fixes to aiortc's SCTP sender (no spurious retransmissions,
+    #: bounded gap reports). Off only to measure aiortc as it is (bench/rtc_raw.py).
+    sctp_fixes: bool = True
 
     def __post_init__(self) -> None:
         for url in self.ice_servers:
@@ -550,6 +555,8 @@ async def create_offer(config: RtcConfig | None = None) -> PendingOffer:
     opened: asyncio.Future[RtcTransport] = asyncio.get_running_loop().create_future()
     try:
         channel = pc.createDataChannel(secrets.token_hex(20), ordered=True)
+        if config.sctp_fixes:
+            rtc_sctp.install(pc)
 
         def on_open() -> None:
             if not opened.done():
@@ -593,6 +600,8 @@ async def answer_offer(offer_sdp: str, config: RtcConfig | None = None) -> tuple
         async with asyncio.timeout(config.connect_timeout):
             try:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+                if config.sctp_fixes:
+                    rtc_sctp.install(pc)
                 answer = await pc.createAnswer()
             except Exception as exc:
                 raise RemoteProtocolError(f"unusable SDP offer: {type(exc).__name__}: {exc}") from None

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 import aioice.ice
 import pytest
+import rtc_pair
 
 from bridge.errors import LocalProtocolError, RemoteProtocolError
 from bridge.net import rtc
@@ -36,12 +37,7 @@ WAIT = 30.0
 
 async def connect(config: RtcConfig = LOOPBACK) -> tuple[RtcTransport, RtcTransport]:
     """(offerer's transport, answerer's transport)."""
-    async with asyncio.timeout(WAIT):
-        offer = await create_offer(config)
-        answer_sdp, answered = await answer_offer(offer.sdp, config)
-        offerer = await offer.accept_answer(answer_sdp)
-        answerer = await answered
-    return offerer, answerer
+    return await rtc_pair.connect(config, WAIT)
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,17 @@
+"""Two aiortc peers joined by bridge.net.rtc on 127.0.0.1: the offerer's and the answerer's transport."""
+
+from __future__ import annotations
+
+import asyncio
+
+from bridge.net.rtc import RtcConfig, RtcTransport, answer_offer, create_offer
+
+
+async def connect(config: RtcConfig, wait: float) -> tuple[RtcTransport, RtcTransport]:
+    """(offerer's transport, answerer's transport), within ``wait`` seconds."""
+    async with asyncio.timeout(wait):
+        offer = await create_offer(config)
+        answer_sdp, answered = await answer_offer(offer.sdp, config)
+        offerer = await offer.accept_answer(answer_sdp)
+        answerer = await answered
+    return offerer, answerer

@@ -93,7 +93,7 @@ class RtcConfig:
     #: ...and resumes when the queue has drained to this (the channel's bufferedAmountLowThreshold), so a
     #: writer wakes once per 768 KiB sent instead of once per message.
     buffered_amount_low: int = 256 * 1024
-    #: Apply :mod:`bridge.net.rtc_sctp`'s fixes to aiortc's SCTP sender (no spurious retransmissions,
+    #: Apply :mod:`bridge.net.rtc_sctp`'s fixes to aiortc's SCTP (no spurious retransmissions, a receive window,
     #: bounded gap reports). Off only to measure aiortc as it is (bench/rtc_raw.py).
     sctp_fixes: bool = True
 

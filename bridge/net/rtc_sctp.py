@@ -1,7 +1,7 @@
-"""Two fixes to aiortc's SCTP sender, installed on each peer connection that :mod:`bridge.net.rtc` makes.
+"""Fixes to aiortc's SCTP association, installed on each peer connection that :mod:`bridge.net.rtc` makes.
 
 aiortc's SCTP association (the transport under every data channel) handles a SACK's gap reports in two
-ways that cost us:
+ways that cost us, and buffers whatever DATA the peer sends:
 
 1. **Spurious fast retransmits.** A chunk that the peer's SACKs report missing gets one "miss indication"
    per SACK that newly acknowledges a higher TSN, and it is retransmitted at the third (RFC 9260 section
@@ -16,8 +16,14 @@ ways that cost us:
    and a packet can hold thousands of them, so one hostile SACK would build hundreds of millions of
    set entries. Here gap blocks that are out of order, or that reach past the last TSN we sent, are
    dropped before aiortc sees them. The SACK's cumulative ack still counts.
+3. **No receive window.** aiortc keeps every DATA chunk that arrives out of order, however far ahead of
+   the cumulative TSN, and re-sorts the set of out-of-order TSNs on every chunk. A peer that never sends
+   the next TSN could make it buffer without limit, at a cost that grows with each chunk. Here a chunk
+   more than MAX_RECEIVE_AHEAD TSNs ahead, or one that does not fill the first gap while the advertised
+   window is used up, is dropped unread (RFC 9260 section 6.2 lets a receiver do that); the sender
+   retransmits it.
 
-Both work by wrapping aiortc's own methods (the chunk is sent, the SACK is processed by aiortc) rather
+All of them work by wrapping aiortc's own methods (the chunk is sent, the SACK is processed by aiortc) rather
 than replacing them. :func:`install` swaps the class of one peer connection's SCTP transport, so other
 aiortc users in the process (a benchmark's raw aiortc reference) keep aiortc's behaviour. If the
 installed aiortc lacks the internals this relies on, :func:`install` leaves the transport alone and
@@ -42,9 +48,14 @@ TSN_MODULO = 1 << 32
 #: for the duration of one SACK, then the chunk's real count is put back.
 _HELD = -(1 << 30)
 
+#: Out-of-order DATA chunks kept at most this many TSNs past the cumulative TSN. 1,024 full chunks are
+#: more than the 1 MiB window aiortc advertises, so an honest sender is never held back by it, and
+#: sorting 1,024 TSNs per chunk (what aiortc does) stays cheap.
+MAX_RECEIVE_AHEAD = 1024
+
 #: aiortc internals the wrappers read; install() checks they exist first.
-_NEEDED_METHODS = ("_send_chunk", "_receive_sack_chunk")
-_NEEDED_STATE = ("_sent_queue", "_last_sacked_tsn")
+_NEEDED_METHODS = ("_send_chunk", "_receive_sack_chunk", "_receive_data_chunk")
+_NEEDED_STATE = ("_sent_queue", "_last_sacked_tsn", "_last_received_tsn", "_advertised_rwnd", "_sack_needed")
 
 
 def _tsn_offset(tsn: int, base: int) -> int:
@@ -99,10 +110,24 @@ def stale_misses(queue: Iterable[Any], cumulative_tsn: int, gaps: Sequence[tuple
 
 
 class BridgeSctpTransport(RTCSctpTransport):
-    """aiortc's SCTP transport with the two fixes above. Not instantiated: install() gives an existing
+    """aiortc's SCTP transport with the fixes above. Not instantiated: install() gives an existing
     transport this class."""
 
     _bridge_sends: itertools.count[int]
+    #: DATA chunks dropped by the receive limits (see MAX_RECEIVE_AHEAD).
+    bridge_dropped_chunks: int
+
+    async def _receive_data_chunk(self, chunk: DataChunk) -> None:
+        last = self._last_received_tsn
+        if last is not None:
+            ahead = _tsn_offset(chunk.tsn, last)
+            # 1 is the next TSN expected: always taken, or the window could never open again. Behind the
+            # cumulative TSN (a duplicate) is aiortc's to report.
+            if 1 < ahead < TSN_MODULO // 2 and (ahead > MAX_RECEIVE_AHEAD or self._advertised_rwnd <= 0):
+                self.bridge_dropped_chunks += 1
+                self._sack_needed = True
+                return
+        await super()._receive_data_chunk(chunk)
 
     async def _send_chunk(self, chunk: Any) -> None:
         if isinstance(chunk, DataChunk):
@@ -147,8 +172,9 @@ def install(pc: RTCPeerConnection) -> bool:
         log.warning("SCTP fixes not installed: this aiortc lacks %s", ", ".join(missing))
         return False
     sctp._bridge_sends = itertools.count(1)  # type: ignore[attr-defined]
+    sctp.bridge_dropped_chunks = 0  # type: ignore[attr-defined]
     sctp.__class__ = BridgeSctpTransport
     return True
 
 
-__all__ = ["BridgeSctpTransport", "install", "stale_misses", "valid_gaps"]
+__all__ = ["MAX_RECEIVE_AHEAD", "BridgeSctpTransport", "install", "stale_misses", "valid_gaps"]

@@ -15,13 +15,19 @@ from typing import Any
 
 import pytest
 import rtc_pair
-from aiortc.rtcsctptransport import RTCSctpTransport, SackChunk
+from aiortc.rtcsctptransport import (
+    SCTP_DATA_FIRST_FRAG,
+    SCTP_DATA_LAST_FRAG,
+    DataChunk,
+    RTCSctpTransport,
+    SackChunk,
+)
 from hypothesis import given
 from hypothesis import strategies as st
 
 from bridge.net import rtc
 from bridge.net.rtc import RtcConfig, RtcTransport
-from bridge.net.rtc_sctp import BridgeSctpTransport, stale_misses, valid_gaps
+from bridge.net.rtc_sctp import MAX_RECEIVE_AHEAD, BridgeSctpTransport, stale_misses, valid_gaps
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -214,5 +220,42 @@ async def test_hostile_gap_blocks_are_ignored_quickly_and_the_channel_goes_on() 
             while len(got) < len(data):
                 got += await b.read()
         assert bytes(got) == data
+    finally:
+        await close(a, b)
+
+
+def data_chunk(tsn: int, size: int) -> DataChunk:
+    c = DataChunk(flags=SCTP_DATA_FIRST_FRAG | SCTP_DATA_LAST_FRAG)
+    c.tsn = tsn % (1 << 32)
+    c.stream_id = 1
+    c.stream_seq = 7  # never the next message of the stream: aiortc holds it for ordering
+    c.protocol = 53  # binary
+    c.user_data = b"x" * size
+    return c
+
+
+async def test_out_of_order_data_is_bounded() -> None:
+    """A peer that sends 20,000 chunks ahead of a gap it never fills: aiortc alone keeps them all (20 MB)
+    and re-sorts every out-of-order TSN on each chunk (minutes of CPU). Here at most MAX_RECEIVE_AHEAD
+    TSNs are kept, within the advertised window, and the flood takes well under a second."""
+    a, b = await connect(LOOPBACK)
+    try:
+        sctp = sctp_of(b)
+        start = sctp._last_received_tsn
+        t0 = time.monotonic()
+        async with asyncio.timeout(WAIT):
+            for k in range(20_000):
+                await sctp._receive_data_chunk(data_chunk(start + 2 + k, 1000))
+        elapsed = time.monotonic() - t0
+        kept = len(sctp._sack_misordered)
+        buffered = sum(len(c.user_data) for s in sctp._inbound_streams.values() for c in s.reassembly)
+        assert kept <= MAX_RECEIVE_AHEAD
+        assert buffered <= 1024 * 1024 + 1000  # aiortc's window, overshot by one chunk at most
+        assert sctp.bridge_dropped_chunks >= 20_000 - MAX_RECEIVE_AHEAD
+        assert sctp._last_received_tsn == start  # the gap is still open
+        assert elapsed < 5.0, f"{elapsed:.1f} s for the flood"
+        # the next TSN is still taken (the window must be able to open again)
+        await sctp._receive_data_chunk(data_chunk(start + 1, 10))
+        assert sctp._last_received_tsn != start
     finally:
         await close(a, b)

@@ -22,6 +22,9 @@ ways that cost us, and buffers whatever DATA the peer sends:
    more than MAX_RECEIVE_AHEAD TSNs ahead, or one that does not fill the first gap while the advertised
    window is used up, is dropped unread (RFC 9260 section 6.2 lets a receiver do that); the sender
    retransmits it.
+4. **Malformed chunks.** aiortc parses a chunk body that is too short for its type with ``struct``, and
+   the error ends its DTLS task with a traceback in the log. Here such a packet ends the association
+   with one line saying why (a ConnectionError, which aiortc takes as a normal close).
 
 All of them work by wrapping aiortc's own methods (the chunk is sent, the SACK is processed by aiortc) rather
 than replacing them. :func:`install` swaps the class of one peer connection's SCTP transport, so other
@@ -35,6 +38,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import logging
+import struct
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -53,8 +57,12 @@ _HELD = -(1 << 30)
 #: sorting 1,024 TSNs per chunk (what aiortc does) stays cheap.
 MAX_RECEIVE_AHEAD = 1024
 
+#: What aiortc raises on a packet it cannot make sense of (a field missing from a chunk, a chunk where it
+#: asserts there is none): the peer is broken or hostile, so the association ends.
+_MALFORMED = (struct.error, AssertionError, IndexError, KeyError, ValueError, TypeError, OverflowError)
+
 #: aiortc internals the wrappers read; install() checks they exist first.
-_NEEDED_METHODS = ("_send_chunk", "_receive_sack_chunk", "_receive_data_chunk")
+_NEEDED_METHODS = ("_send_chunk", "_handle_data", "_receive_sack_chunk", "_receive_data_chunk")
 _NEEDED_STATE = ("_sent_queue", "_last_sacked_tsn", "_last_received_tsn", "_advertised_rwnd", "_sack_needed")
 
 
@@ -116,6 +124,14 @@ class BridgeSctpTransport(RTCSctpTransport):
     _bridge_sends: itertools.count[int]
     #: DATA chunks dropped by the receive limits (see MAX_RECEIVE_AHEAD).
     bridge_dropped_chunks: int
+
+    async def _handle_data(self, data: bytes) -> None:
+        try:
+            await super()._handle_data(data)
+        except _MALFORMED as exc:
+            log.info("SCTP: closing the association: the peer sent a malformed packet (%s: %s)",
+                     type(exc).__name__, exc)
+            raise ConnectionError(f"malformed SCTP packet: {exc}") from None
 
     async def _receive_data_chunk(self, chunk: DataChunk) -> None:
         last = self._last_received_tsn

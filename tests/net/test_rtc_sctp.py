@@ -6,6 +6,7 @@ The pure helpers are tested on their own; the fixes are tested on real aiortc as
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import struct
 import time
@@ -22,6 +23,7 @@ from aiortc.rtcsctptransport import (
     RTCSctpTransport,
     SackChunk,
 )
+from google_crc32c import value as crc32c
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -257,5 +259,26 @@ async def test_out_of_order_data_is_bounded() -> None:
         # the next TSN is still taken (the window must be able to open again)
         await sctp._receive_data_chunk(data_chunk(start + 1, 10))
         assert sctp._last_received_tsn != start
+    finally:
+        await close(a, b)
+
+
+async def test_a_malformed_packet_ends_the_association_with_one_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    """A SHUTDOWN chunk whose body is too short for its cumulative TSN, sent through the real DTLS
+    transport: aiortc's parser raises struct.error, which alone would end its DTLS task with a logged
+    traceback. The association ends cleanly instead, and the reader sees the end of the stream."""
+    a, b = await connect(LOOPBACK)
+    try:
+        receiver = sctp_of(b)
+        header = struct.pack("!HHL", receiver._remote_port, receiver._local_port, receiver._local_verification_tag)
+        body = struct.pack("!BBH", 7, 0, 5) + b"Z\0\0\0"
+        packet = header + struct.pack("<L", crc32c(header + b"\0\0\0\0" + body)) + body
+        caplog.set_level(logging.INFO)
+        await sctp_of(a).transport._send_data(packet)
+        async with asyncio.timeout(WAIT):
+            while await b.read():
+                pass
+        assert any("malformed packet" in r.getMessage() for r in caplog.records if r.name == "bridge.net.rtc_sctp")
+        assert not any("Traceback" in r.getMessage() for r in caplog.records)
     finally:
         await close(a, b)

@@ -404,7 +404,11 @@ class WsSwarm:
             self._next_announce = self._clock.now() + self.interval
             return
         uploaded, downloaded, left = stats
-        with_offers = event in (None, "started")
+        # A seeder's offers can only lead to leechers. When the tracker's last reply counted none, offers
+        # would only expire (each one a peer connection gathering ICE for 50 s, per torrent, every
+        # interval); a leecher that comes later announces offers of its own, and those reach us.
+        nobody_to_offer_to = left == 0 and self.incomplete == 0
+        with_offers = event in (None, "started") and not nobody_to_offer_to
         offers = await self._make_offers() if with_offers else []
         client = self.client
         msg, dropped = client._fit_announce(Announce(

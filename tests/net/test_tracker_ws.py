@@ -512,6 +512,32 @@ async def test_regular_updates_honour_interval_and_min_interval(tracker: Scripte
         assert "event" not in update and 8 / SPEED <= time.monotonic() - start <= 10 / SPEED + 1.0
 
 
+async def test_a_seeder_offers_only_while_the_tracker_counts_leechers(tracker: ScriptedTracker) -> None:
+    """Offers from a seeder can only reach leechers: with none counted in the last reply, regular updates
+    carry no offers (and make none), and they come back once the tracker counts a leecher."""
+    clock = FastClock()
+    tracker.reply_extra = {"interval": 60, "incomplete": 0}
+    async with WsTrackerPool(options(), clock=clock) as p:
+        torrent = FakeTorrent(1, left=0)
+        swarm = p.client(tracker.url).join(IH1, PEER, torrent)
+        _, started = await tracker.started(IH1)
+        assert len(started["offers"]) == 5  # no reply yet: nothing is known about the swarm
+        await until(lambda: swarm.incomplete == 0, "the first reply")
+        tracker.reply_extra = {"interval": 60, "incomplete": 3}
+        _, update = await tracker.next(lambda m: m["info_hash"] == s(IH1))
+        assert "event" not in update and "offers" not in update and update["numwant"] == 0
+        assert torrent.requested == [5]
+        _, update = await tracker.next(lambda m: m["info_hash"] == s(IH1))
+        assert "event" not in update and len(update["offers"]) == 5 and update["numwant"] == 5
+        assert torrent.requested == [5, 5]
+        # a leecher keeps offering whatever the counts say
+        torrent.left = 10
+        tracker.reply_extra = {"interval": 60, "incomplete": 0}
+        await tracker.next(lambda m: m["info_hash"] == s(IH1))
+        _, update = await tracker.next(lambda m: m["info_hash"] == s(IH1))
+        assert len(update["offers"]) == 5
+
+
 async def test_completed_and_stop(tracker: ScriptedTracker, pool: tuple[WsTrackerPool, FastClock]) -> None:
     p, _ = pool
     torrent = FakeTorrent(1, left=100)

@@ -10,7 +10,6 @@ import logging
 import os
 import struct
 import time
-from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -26,6 +25,7 @@ from aiortc.rtcsctptransport import (
 from google_crc32c import value as crc32c
 from hypothesis import given
 from hypothesis import strategies as st
+from OpenSSL import SSL
 
 from bridge.net import rtc
 from bridge.net.rtc import RtcConfig, RtcTransport
@@ -119,21 +119,25 @@ def test_stale_misses_uses_only_newly_acked_chunks_and_wraps_around() -> None:
 
 
 class Lossy:
-    """Wraps the offerer's DTLS send: drops the first transmission of every ``every``-th DATA chunk
-    among TSNs ``skip`` .. ``skip + span`` (counted from the first DATA chunk), and counts what is
-    resent."""
+    """Stands in for the offerer's DTLS connection (pyOpenSSL): drops the first transmission of every
+    ``every``-th DATA chunk among TSNs ``skip`` .. ``skip + span`` (counted from the first DATA chunk) before
+    it is encrypted, and counts what is resent. Whatever path sends the packet then finds nothing to send."""
 
     def __init__(self, sctp: RTCSctpTransport, every: int, skip: int, span: int) -> None:
         self.dtls = sctp.transport
-        self.send: Callable[[bytes], Any] = self.dtls._send_data
+        self.ssl = self.dtls._ssl
         self.every, self.skip, self.span = every, skip, span
         self.first: int | None = None
         self.sent: set[int] = set()
         self.dropped = 0
         self.resent = 0
-        self.dtls._send_data = self._send_data  # type: ignore[method-assign]
+        self.swallowed = False
+        self.dtls._ssl = self
 
-    async def _send_data(self, data: bytes) -> None:
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.ssl, name)
+
+    def send(self, data: bytes) -> int:
         if len(data) > 16 and data[12] == 0:  # an SCTP packet whose first chunk is DATA
             tsn = struct.unpack_from("!L", data, 16)[0]
             if self.first is None:
@@ -145,8 +149,15 @@ class Lossy:
                 n = (tsn - self.first) % (1 << 32)
                 if self.skip <= n < self.skip + self.span and n % self.every == 0:
                     self.dropped += 1
-                    return
-        await self.send(data)
+                    self.swallowed = True
+                    return len(data)
+        return self.ssl.send(data)
+
+    def bio_read(self, size: int) -> bytes:
+        if self.swallowed:
+            self.swallowed = False
+            raise SSL.WantReadError()
+        return self.ssl.bio_read(size)
 
 
 async def send_through_loss(config: RtcConfig, size: int) -> Lossy:

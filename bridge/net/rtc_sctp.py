@@ -129,8 +129,8 @@ class BridgeSctpTransport(RTCSctpTransport):
         try:
             await super()._handle_data(data)
         except _MALFORMED as exc:
-            log.info("SCTP: closing the association: the peer sent a malformed packet (%s: %s)",
-                     type(exc).__name__, exc)
+            kind = "struct.error" if isinstance(exc, struct.error) else type(exc).__name__
+            log.info("SCTP: closing the association: the peer sent a malformed packet (%s: %s)", kind, exc)
             raise ConnectionError(f"malformed SCTP packet: {exc}") from None
 
     async def _receive_data_chunk(self, chunk: DataChunk) -> None:

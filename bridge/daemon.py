@@ -396,7 +396,7 @@ class Daemon:
             self.retired["down"].update(t.downloaded_by_kind)
             self.retired["up"].update(t.uploaded_by_kind)
             self.retired["relayed"].update(t.relayed)
-            self.retired["hash_failures"]["total"] += sum(t.hash_failures.values())
+            self.retired["hash_failures"]["total"] += t.pieces_failed
         await self._stop(entry)
         self.entries.pop(entry.info_hash, None)
         info = entry.info

@@ -115,7 +115,10 @@ class Torrent:
         #: set when a peer or a reader arrives: wakes an idle ticker
         self._active = asyncio.Event()
         self.banned: set[str] = set()
+        #: per address, the failed pieces it sent blocks of (a piece with three senders counts for each)
         self.hash_failures: Counter[str] = Counter()
+        #: pieces that failed their hash check, each counted once
+        self.pieces_failed = 0
         #: received blocks of pieces being downloaded, by block number (bytes or views into received chunks)
         self._blocks: dict[int, list[bytes | memoryview | None]] = {}
         #: per piece being downloaded, the address that sent each block (hash-failure blame)
@@ -605,6 +608,7 @@ class Torrent:
                 self._on_complete()
             return
         self.picker.piece_failed(index)
+        self.pieces_failed += 1
         log.warning("[%s] piece %d failed its hash check (from %s)", self.tag, index, ", ".join(contributors))
         for ip in contributors:
             self.hash_failures[ip] += 1

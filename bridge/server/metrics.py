@@ -45,7 +45,7 @@ class _Collector:
             down.update(t.downloaded_by_kind)
             up.update(t.uploaded_by_kind)
             relayed.update(t.relayed)
-            hash_failures += sum(t.hash_failures.values())
+            hash_failures += t.pieces_failed
             peers.update(t.peers_by_kind())
 
         m = CounterMetricFamily("bridge_payload_downloaded_bytes", "Payload bytes received, by kind of peer",

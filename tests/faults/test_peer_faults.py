@@ -180,6 +180,7 @@ async def test_shared_bad_piece_bans_only_the_corrupt_sender(tmp_path: Path) -> 
         assert not await attempt(0, [bad, good])
         assert not await attempt(1, [good, bad])
         assert bt.hash_failures == {GOOD_IP: 2, BAD_IP: 2}  # the statistic: failed pieces each took part in
+        assert bt.pieces_failed == 2  # ...while each failed piece counts once
         assert GOOD_IP not in bt.banned, "honest peer banned for sharing pieces with a corrupt one"
         assert BAD_IP not in bt.banned  # nothing proves yet which of the two it was
         assert await attempt(0, [good, good])

@@ -30,12 +30,14 @@ import contextvars
 import ipaddress
 import logging
 import secrets
+import struct
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import aioice.ice
+import aioice.stun
 from aiortc import (
     RTCConfiguration,
     RTCDataChannel,
@@ -158,6 +160,26 @@ def _install_host_address_hook() -> None:
 
     get_host_addresses._bridge_hook = True  # type: ignore[attr-defined]
     aioice.ice.get_host_addresses = get_host_addresses
+
+
+def _install_stun_parse_guard() -> None:
+    """aioice parses every datagram on an ICE socket as STUN first and takes a ValueError to mean "not
+    STUN, pass it on". But an attribute too short for its type raises struct.error, which escapes its
+    datagram_received, and the event loop logs it with a traceback: anyone who can reach the port could
+    fill the log. The guard turns that into the ValueError aioice handles. Installed once, for the
+    process; nothing else changes."""
+    original = aioice.stun.parse_message
+    if getattr(original, "_bridge_guard", False):
+        return
+
+    def parse_message(data: bytes) -> aioice.stun.Message:
+        try:
+            return original(data)
+        except struct.error as exc:
+            raise ValueError(f"malformed STUN message: {exc}") from None
+
+    parse_message._bridge_guard = True  # type: ignore[attr-defined]
+    aioice.stun.parse_message = parse_message
 
 
 @contextlib.contextmanager
@@ -432,6 +454,7 @@ class RtcTransport:
 
 
 def _new_peer_connection(config: RtcConfig) -> RTCPeerConnection:
+    _install_stun_parse_guard()
     # An explicit (possibly empty) list: aiortc would otherwise add Google's public STUN server.
     return RTCPeerConnection(RTCConfiguration(iceServers=[_ice_server(u) for u in config.ice_servers]))
 

@@ -7,6 +7,7 @@ import os
 import random
 import re
 import socket
+import struct
 from collections.abc import AsyncIterator
 
 import aioice.ice
@@ -91,6 +92,30 @@ async def test_connects_on_loopback_with_addresses(pair: tuple[RtcTransport, Rtc
     assert b.remote_address[0] == "127.0.0.1" and b.remote_address[1] > 0
     assert a.channel.label == b.channel.label and re.fullmatch(r"[0-9a-f]{40}", a.channel.label)
     assert a.channel.ordered and a.channel.maxRetransmits is None and a.channel.maxPacketLifeTime is None
+
+
+async def test_malformed_stun_on_the_ice_port_is_ignored_quietly(pair: tuple[RtcTransport, RtcTransport]) -> None:
+    """Datagrams that look like STUN (magic cookie) but carry an attribute too short for its type: aioice
+    alone lets struct.error escape its datagram_received, and the event loop logs a traceback for each
+    one. They are dropped without a word, and the channel carries on."""
+    a, b = pair
+    loop = asyncio.get_running_loop()
+    logged: list[dict[str, object]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: logged.append(context))
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            for kind in (0x0024, 0x8029, 0x000D):  # PRIORITY, ICE-CONTROLLED, LIFETIME, each 1 byte long
+                attrs = struct.pack("!HH", kind, 1) + b"\x01\x00\x00\x00"
+                sock.sendto(struct.pack("!HHI", 0x0001, len(attrs), 0x2112A442) + os.urandom(12) + attrs,
+                            a.remote_address)
+        await asyncio.sleep(0.3)
+        data = os.urandom(50_000)
+        await a.write(data)
+        assert await read_exactly(b, len(data)) == data
+    finally:
+        loop.set_exception_handler(previous)
+    assert logged == []
 
 
 async def test_byte_stream_both_ways_in_odd_chunks(pair: tuple[RtcTransport, RtcTransport]) -> None:

@@ -6,6 +6,9 @@ import asyncio
 
 from bridge.net.rtc import RtcConfig, RtcTransport, answer_offer, create_offer
 
+#: Loopback only: aioice never gathers on 127.0.0.1 unless told to, and no STUN server is contacted.
+LOOPBACK = RtcConfig(host_addresses=("127.0.0.1",), connect_timeout=10.0)
+
 
 async def connect(config: RtcConfig, wait: float) -> tuple[RtcTransport, RtcTransport]:
     """(offerer's transport, answerer's transport), within ``wait`` seconds."""

@@ -21,12 +21,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.net import rtc
-from bridge.net.rtc import RtcConfig, RtcTransport
+from bridge.net.rtc import RtcTransport
 from bridge.net.rtc_sctp import MAX_RECEIVE_AHEAD, BridgeSctpTransport
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "200"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=DEADLINE, suppress_health_check=SUPPRESS)
-LOOPBACK = RtcConfig(host_addresses=("127.0.0.1",), connect_timeout=10.0)
+LOOPBACK = rtc_pair.LOOPBACK
 WAIT = 30.0
 #: The window aiortc advertises: out-of-order data kept may exceed it by one chunk.
 WINDOW = 1024 * 1024

@@ -30,8 +30,7 @@ from bridge.proto.wire import Wire, encode_piece_header, make_reserved
 
 pytestmark = pytest.mark.timeout(90)
 
-#: Loopback only: aioice never gathers on 127.0.0.1 unless told to, and no STUN server is contacted.
-LOOPBACK = RtcConfig(host_addresses=("127.0.0.1",), connect_timeout=10.0)
+LOOPBACK = rtc_pair.LOOPBACK
 #: Every wait in these tests is bounded by this many seconds.
 WAIT = 30.0
 

@@ -33,7 +33,7 @@ from bridge.net.rtc_sctp import MAX_RECEIVE_AHEAD, BridgeSctpTransport, stale_mi
 
 pytestmark = pytest.mark.timeout(120)
 
-LOOPBACK = RtcConfig(host_addresses=("127.0.0.1",), connect_timeout=10.0)
+LOOPBACK = rtc_pair.LOOPBACK
 WAIT = 60.0
 
 

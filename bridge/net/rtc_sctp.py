@@ -26,6 +26,10 @@ ways that cost us, and buffers whatever DATA the peer sends:
    the error ends its DTLS task with a traceback in the log. Here such a packet ends the association
    with one line saying why (a ConnectionError, which aiortc takes as a normal close).
 
+5. **Data channels without limit.** aiortc keeps an object for every data channel the peer opens, up to
+   65,535 of them. WebTorrent opens one; a peer that has more than MAX_DATA_CHANNELS open at once ends the
+   association.
+
 All of them work by wrapping aiortc's own methods (the chunk is sent, the SACK is processed by aiortc) rather
 than replacing them. :func:`install` swaps the class of one peer connection's SCTP transport, so other
 aiortc users in the process (a benchmark's raw aiortc reference) keep aiortc's behaviour. If the
@@ -43,7 +47,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from aiortc import RTCPeerConnection
-from aiortc.rtcsctptransport import DataChunk, RTCSctpTransport, SackChunk
+from aiortc.rtcsctptransport import DATA_CHANNEL_OPEN, WEBRTC_DCEP, DataChunk, RTCSctpTransport, SackChunk
 
 log = logging.getLogger(__name__)
 
@@ -51,19 +55,25 @@ TSN_MODULO = 1 << 32
 #: A miss count that three more misses cannot bring to aiortc's retransmit threshold (3): set on a chunk
 #: for the duration of one SACK, then the chunk's real count is put back.
 _HELD = -(1 << 30)
+_OPEN = bytes([DATA_CHANNEL_OPEN])
 
 #: Out-of-order DATA chunks kept at most this many TSNs past the cumulative TSN. 1,024 full chunks are
 #: more than the 1 MiB window aiortc advertises, so an honest sender is never held back by it, and
 #: sorting 1,024 TSNs per chunk (what aiortc does) stays cheap.
 MAX_RECEIVE_AHEAD = 1024
 
+#: Data channels open on one connection at most (ours and the peer's). WebTorrent (simple-peer) uses one.
+MAX_DATA_CHANNELS = 8
+
 #: What aiortc raises on a packet it cannot make sense of (a field missing from a chunk, a chunk where it
 #: asserts there is none): the peer is broken or hostile, so the association ends.
 _MALFORMED = (struct.error, AssertionError, IndexError, KeyError, ValueError, TypeError, OverflowError)
 
 #: aiortc internals the wrappers read; install() checks they exist first.
-_NEEDED_METHODS = ("_send_chunk", "_handle_data", "_receive_sack_chunk", "_receive_data_chunk")
-_NEEDED_STATE = ("_sent_queue", "_last_sacked_tsn", "_last_received_tsn", "_advertised_rwnd", "_sack_needed")
+_NEEDED_METHODS = ("_send_chunk", "_handle_data", "_receive_sack_chunk", "_receive_data_chunk",
+                   "_data_channel_receive")
+_NEEDED_STATE = ("_sent_queue", "_last_sacked_tsn", "_last_received_tsn", "_advertised_rwnd", "_sack_needed",
+                 "_data_channels")
 
 
 def _tsn_offset(tsn: int, base: int) -> int:
@@ -133,6 +143,12 @@ class BridgeSctpTransport(RTCSctpTransport):
             log.info("SCTP: closing the association: the peer sent a malformed packet (%s: %s)", kind, exc)
             raise ConnectionError(f"malformed SCTP packet: {exc}") from None
 
+    async def _data_channel_receive(self, stream_id: int, pp_id: int, data: bytes) -> None:
+        if pp_id == WEBRTC_DCEP and data[:1] == _OPEN and len(self._data_channels) >= MAX_DATA_CHANNELS:
+            log.info("SCTP: closing the association: the peer opens more than %d data channels", MAX_DATA_CHANNELS)
+            raise ConnectionError(f"more than {MAX_DATA_CHANNELS} data channels")
+        await super()._data_channel_receive(stream_id, pp_id, data)
+
     async def _receive_data_chunk(self, chunk: DataChunk) -> None:
         last = self._last_received_tsn
         if last is not None:
@@ -193,4 +209,4 @@ def install(pc: RTCPeerConnection) -> bool:
     return True
 
 
-__all__ = ["MAX_RECEIVE_AHEAD", "BridgeSctpTransport", "install", "stale_misses", "valid_gaps"]
+__all__ = ["MAX_DATA_CHANNELS", "MAX_RECEIVE_AHEAD", "BridgeSctpTransport", "install", "stale_misses", "valid_gaps"]

@@ -29,7 +29,13 @@ from OpenSSL import SSL
 
 from bridge.net import rtc
 from bridge.net.rtc import RtcConfig, RtcTransport
-from bridge.net.rtc_sctp import MAX_RECEIVE_AHEAD, BridgeSctpTransport, stale_misses, valid_gaps
+from bridge.net.rtc_sctp import (
+    MAX_DATA_CHANNELS,
+    MAX_RECEIVE_AHEAD,
+    BridgeSctpTransport,
+    stale_misses,
+    valid_gaps,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -291,5 +297,42 @@ async def test_a_malformed_packet_ends_the_association_with_one_log_line(caplog:
                 pass
         assert any("malformed packet" in r.getMessage() for r in caplog.records if r.name == "bridge.net.rtc_sctp")
         assert not any("Traceback" in r.getMessage() for r in caplog.records)
+    finally:
+        await close(a, b)
+
+
+async def test_a_peer_opening_many_data_channels_is_dropped(caplog: pytest.LogCaptureFixture) -> None:
+    """aiortc would keep an object for each of up to 65,535 channels a peer opens. The answerer (with the
+    fixes) ends the association once more than MAX_DATA_CHANNELS would be open, and its reader sees the end
+    of the stream."""
+    a, b = await connect(LOOPBACK)
+    try:
+        caplog.set_level(logging.INFO)
+        for n in range(3 * MAX_DATA_CHANNELS):
+            a._pc.createDataChannel(f"extra {n}")
+        async with asyncio.timeout(WAIT):
+            while await b.read():
+                pass
+        assert len(sctp_of(b)._data_channels) <= MAX_DATA_CHANNELS
+        assert any("more than" in r.getMessage() for r in caplog.records if r.name == "bridge.net.rtc_sctp")
+    finally:
+        await close(a, b)
+
+
+async def test_a_few_extra_data_channels_are_allowed() -> None:
+    a, b = await connect(LOOPBACK)
+    try:
+        extra = a._pc.createDataChannel("second")
+        opened = asyncio.get_running_loop().create_future()
+        extra.on("open", lambda: opened.done() or opened.set_result(None))
+        async with asyncio.timeout(WAIT):
+            await opened
+        data = os.urandom(100_000)
+        await a.write(data)
+        got = bytearray()
+        async with asyncio.timeout(WAIT):
+            while len(got) < len(data):
+                got += await b.read()
+        assert bytes(got) == data
     finally:
         await close(a, b)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from bridge.net import rtc
 from bridge.net.rtc import RtcConfig, RtcTransport, answer_offer, create_offer
 
 #: Loopback only: aioice never gathers on 127.0.0.1 unless told to, and no STUN server is contacted.
@@ -18,3 +19,26 @@ async def connect(config: RtcConfig, wait: float) -> tuple[RtcTransport, RtcTran
         offerer = await offer.accept_answer(answer_sdp)
         answerer = await answered
     return offerer, answerer
+
+
+async def read_exactly(t: RtcTransport, n: int, wait: float) -> bytes:
+    """``n`` bytes from ``t`` (fewer if the stream ends first), within ``wait`` seconds."""
+    got = bytearray()
+    async with asyncio.timeout(wait):
+        while len(got) < n:
+            chunk = await t.read()
+            if not chunk:
+                break
+            got += chunk
+    return bytes(got)
+
+
+async def close(transports: tuple[RtcTransport, ...], wait: float) -> None:
+    """Close ``transports`` and wait, within ``wait`` seconds, until they and every peer connection closing
+    in the background are closed."""
+    for t in transports:
+        t.close()
+    async with asyncio.timeout(wait):
+        for t in transports:
+            await t.wait_closed()
+        await rtc.wait_closing()

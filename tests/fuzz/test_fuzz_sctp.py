@@ -20,7 +20,6 @@ from google_crc32c import value as crc32c
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.net import rtc
 from bridge.net.rtc import RtcTransport
 from bridge.net.rtc_sctp import MAX_RECEIVE_AHEAD, BridgeSctpTransport
 
@@ -106,15 +105,7 @@ class Association:
 
     def close_pair(self) -> None:
         if self.pair is not None:
-            async def closed() -> None:
-                for t in self.pair or ():
-                    t.close()
-                async with asyncio.timeout(WAIT):
-                    for t in self.pair or ():
-                        await t.wait_closed()
-                    await rtc.wait_closing()
-
-            self.loop.run_until_complete(closed())
+            self.loop.run_until_complete(rtc_pair.close(self.pair, WAIT))
             self.pair = None
 
     def close(self) -> None:

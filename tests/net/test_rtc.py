@@ -52,22 +52,11 @@ async def nothing_left_open() -> AsyncIterator[None]:
 async def pair() -> AsyncIterator[tuple[RtcTransport, RtcTransport]]:
     a, b = await connect()
     yield a, b
-    a.close()
-    b.close()
-    async with asyncio.timeout(WAIT):
-        await a.wait_closed()
-        await b.wait_closed()
+    await rtc_pair.close((a, b), WAIT)
 
 
 async def read_exactly(t: RtcTransport, n: int) -> bytes:
-    got = bytearray()
-    async with asyncio.timeout(WAIT):
-        while len(got) < n:
-            chunk = await t.read()
-            if not chunk:
-                break
-            got += chunk
-    return bytes(got)
+    return await rtc_pair.read_exactly(t, n, WAIT)
 
 
 async def write_in_odd_chunks(t: RtcTransport, data: bytes, seed: int) -> None:

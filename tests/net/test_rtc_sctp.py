@@ -27,7 +27,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 from OpenSSL import SSL
 
-from bridge.net import rtc
 from bridge.net.rtc import RtcConfig, RtcTransport
 from bridge.net.rtc_sctp import (
     MAX_DATA_CHANNELS,
@@ -48,12 +47,7 @@ async def connect(config: RtcConfig) -> tuple[RtcTransport, RtcTransport]:
 
 
 async def close(*transports: RtcTransport) -> None:
-    for t in transports:
-        t.close()
-    async with asyncio.timeout(WAIT):
-        for t in transports:
-            await t.wait_closed()
-        await rtc.wait_closing()
+    await rtc_pair.close(transports, WAIT)
 
 
 def sctp_of(t: RtcTransport) -> RTCSctpTransport:
@@ -172,16 +166,8 @@ async def send_through_loss(config: RtcConfig, size: int) -> Lossy:
         lossy = Lossy(sctp_of(a), every=40, skip=200, span=3000)
         data = os.urandom(size)
 
-        async def read_all() -> bytes:
-            got = bytearray()
-            while len(got) < size:
-                piece = await b.read()
-                assert piece, "the channel closed early"
-                got += piece
-            return bytes(got)
-
         async with asyncio.timeout(WAIT):
-            got, _ = await asyncio.gather(read_all(), a.write(data))
+            got, _ = await asyncio.gather(rtc_pair.read_exactly(b, size, WAIT), a.write(data))
         assert got == data
         return lossy
     finally:
@@ -235,10 +221,7 @@ async def test_hostile_gap_blocks_are_ignored_quickly_and_the_channel_goes_on() 
         data = os.urandom(300_000)
         async with asyncio.timeout(WAIT):
             await a.write(data)
-            got = bytearray()
-            while len(got) < len(data):
-                got += await b.read()
-        assert bytes(got) == data
+        assert await rtc_pair.read_exactly(b, len(data), WAIT) == data
     finally:
         await close(a, b)
 
@@ -328,11 +311,8 @@ async def test_a_few_extra_data_channels_are_allowed() -> None:
         async with asyncio.timeout(WAIT):
             await opened
         data = os.urandom(100_000)
-        await a.write(data)
-        got = bytearray()
         async with asyncio.timeout(WAIT):
-            while len(got) < len(data):
-                got += await b.read()
-        assert bytes(got) == data
+            await a.write(data)
+        assert await rtc_pair.read_exactly(b, len(data), WAIT) == data
     finally:
         await close(a, b)

@@ -109,22 +109,16 @@ def stale_misses(queue: Iterable[Any], cumulative_tsn: int, gaps: Sequence[tuple
         return []
     starts = [start for start, _ in gaps]
     chunks = list(queue)
-    newest = None
-    for chunk in chunks:
-        if not chunk._acked and _received(_tsn_offset(chunk.tsn, cumulative_tsn), starts, gaps):
-            newest = chunk
-    if newest is None:
+    received = [_received(_tsn_offset(c.tsn, cumulative_tsn), starts, gaps) for c in chunks]
+    newest = -1
+    for i, chunk in enumerate(chunks):
+        if received[i] and not chunk._acked:
+            newest = i
+    if newest < 0:
         return []
-    limit = getattr(newest, "_bridge_sent", 0)
-    held = []
-    for chunk in chunks:
-        if chunk is newest:
-            break
-        if getattr(chunk, "_bridge_sent", 0) > limit and not _received(
-            _tsn_offset(chunk.tsn, cumulative_tsn), starts, gaps
-        ):
-            held.append(chunk)
-    return held
+    limit = getattr(chunks[newest], "_bridge_sent", 0)
+    return [c for c, got in zip(chunks[:newest], received, strict=False)
+            if not got and getattr(c, "_bridge_sent", 0) > limit]
 
 
 class BridgeSctpTransport(RTCSctpTransport):

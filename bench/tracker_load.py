@@ -209,7 +209,10 @@ def serve_bridge_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="tracker_load.py _serve-bridge")
     p.add_argument("--interval", type=int, default=120)
     args = p.parse_args(argv)
+    from bridge.allocator import tune_malloc
     from bridge.tracker import TrackerServer, run_tracker
+
+    tune_malloc()  # as bridge/cli.py does for `webtorrent-bridge tracker`
 
     async def main() -> None:
         stop = asyncio.Event()

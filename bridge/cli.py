@@ -16,6 +16,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from . import __version__
+from .allocator import tune_malloc
 from .config import PeerConfig, SessionConfig
 from .create import make_info
 from .errors import BridgeError, MetainfoError
@@ -732,6 +733,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(level, log_format)
     if args.command in ("download", "seed", "serve", "tracker", "demo"):
         raise_open_files(WANTED_OPEN_FILES)
+        tune_malloc()
     try:
         return int(args.func(args))
     except (UsageError, SettingsError) as e:

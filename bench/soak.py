@@ -124,6 +124,10 @@ class TokenBucket:
         return False
 
 
+#: Seconds a peer the churn closed on purpose may take to be back (handshaken) before it counts as lost.
+REJOIN_GRACE = 20.0
+
+
 class Pool:
     """What the peers of one load process share: the torrent, the policy, the counters, the budget."""
 
@@ -147,6 +151,10 @@ class Pool:
         self.unexpected_blocks = 0
         self.served: set[int] = set()  # slots that received at least one block
         self.protocol_errors = 0
+        # Slots whose peer the churn closed on purpose and whose next peer has not handshaken yet, with the
+        # time by which it should have: they are reconnecting, not lost (the verdict counts them with the
+        # connected ones), unless the reconnection takes longer than REJOIN_GRACE.
+        self.rejoining: dict[int, float] = {}
 
     def wait_for_budget(self, peer: LoadPeer) -> None:
         if not peer.waiting:
@@ -177,7 +185,10 @@ class Pool:
 
     def counters(self) -> dict[str, Any]:
         connected = [p for p in self.peers if p.handshaken and not p.closed]
-        return {"connected": len(connected), "bytes": self.bytes, "blocks": self.blocks,
+        now = time.monotonic()
+        rejoining = sum(1 for deadline in self.rejoining.values() if deadline > now)
+        return {"connected": len(connected), "rejoining": rejoining, "bytes": self.bytes,
+                "blocks": self.blocks,
                 "pieces_ok": self.pieces_ok, "pieces_bad": self.pieces_bad, "served": len(self.served),
                 "unchoked": sum(1 for p in connected if not p.choked),
                 "downloading": sum(1 for p in connected if p.phase == DOWNLOADING and not p.choked),
@@ -259,6 +270,7 @@ class LoadPeer:
                     self.close()
                     return
                 self.handshaken = True
+                self.pool.rejoining.pop(self.slot, None)
             elif isinstance(e, ev.Unchoke):
                 self.choked = False
                 if self.phase == WANTING:
@@ -468,6 +480,7 @@ class TcpLoad:
         if live:
             conn = self.pool.rng.choice(live)
             conn.intentional = True
+            self.pool.rejoining[conn.slot] = time.monotonic() + REJOIN_GRACE
             self.reconnects += 1
             assert conn.transport is not None
             conn.transport.close()
@@ -541,6 +554,7 @@ class RtcLoad:
         if live:
             slot = self.pool.rng.choice(live)
             self.intentional.add(slot)
+            self.pool.rejoining[slot] = time.monotonic() + REJOIN_GRACE
             self.reconnects += 1
             self.transports[slot].close()
 
@@ -1374,10 +1388,14 @@ def summarize(args: argparse.Namespace, samples: list[dict[str, Any]], measure_f
     for kind, target in (("tcp", args.tcp_peers), ("rtc", args.rtc_peers), ("ws", args.ws_clients)):
         if not target:
             continue
-        conn = [s["load"][kind]["connected"] for s in window if kind in s["load"]]
+        # A peer the churn is reconnecting on purpose counts as connected (it is not lost).
+        conn = [s["load"][kind]["connected"] + s["load"][kind].get("rejoining", 0) for s in window if kind in s["load"]]
         l0, l1 = load_first.get(kind, {}), load_last.get(kind, {})
-        d: dict[str, Any] = {"target": target, "connected_at_start": l0.get("connected", 0),
-                             "connected_min": min(conn) if conn else 0, "connected_end": l1.get("connected", 0),
+        d: dict[str, Any] = {"target": target,
+                             "connected_at_start": l0.get("connected", 0) + l0.get("rejoining", 0),
+                             "connected_min": min(conn) if conn else 0,
+                             "connected_end": l1.get("connected", 0) + l1.get("rejoining", 0),
+                             "rejoining_end": l1.get("rejoining", 0),
                              "connected_mean": sum(conn) / len(conn) if conn else 0,
                              "reconnects": l1.get("reconnects", 0), "drops": l1.get("drops", 0),
                              "load_cpu_percent": (l1.get("cpu", 0) - l0.get("cpu", 0)) / seconds * 100 if seconds else None}

@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.net.rtc import RtcTransport
-from bridge.net.rtc_sctp import MAX_RECEIVE_AHEAD, BridgeSctpTransport
+from bridge.net.rtc_sctp import MAX_RECEIVE_AHEAD, LeanSctpTransport
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "200"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=DEADLINE, suppress_health_check=SUPPRESS)
@@ -100,7 +100,7 @@ class Association:
             self.close_pair()
         self.pair = self.loop.run_until_complete(rtc_pair.connect(LOOPBACK, WAIT))
         sctp = self.pair[1]._pc.sctp
-        assert type(sctp) is BridgeSctpTransport
+        assert type(sctp) is LeanSctpTransport
         return sctp
 
     def close_pair(self) -> None:

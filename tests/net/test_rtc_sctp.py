@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import struct
 import time
@@ -18,9 +19,12 @@ import rtc_pair
 from aiortc.rtcsctptransport import (
     SCTP_DATA_FIRST_FRAG,
     SCTP_DATA_LAST_FRAG,
+    SCTP_DATA_UNORDERED,
+    USERDATA_MAX_LENGTH,
     DataChunk,
     RTCSctpTransport,
     SackChunk,
+    serialize_packet,
 )
 from google_crc32c import value as crc32c
 from hypothesis import given
@@ -32,6 +36,8 @@ from bridge.net.rtc_sctp import (
     MAX_DATA_CHANNELS,
     MAX_RECEIVE_AHEAD,
     BridgeSctpTransport,
+    LeanSctpTransport,
+    data_packet,
     stale_misses,
     valid_gaps,
 )
@@ -119,9 +125,10 @@ def test_stale_misses_uses_only_newly_acked_chunks_and_wraps_around() -> None:
 
 
 class Lossy:
-    """Stands in for the offerer's DTLS connection (pyOpenSSL): drops the first transmission of every
-    ``every``-th DATA chunk among TSNs ``skip`` .. ``skip + span`` (counted from the first DATA chunk) before
-    it is encrypted, and counts what is resent. Whatever path sends the packet then finds nothing to send."""
+    """Drops the first transmission of every ``every``-th DATA chunk among TSNs ``skip`` .. ``skip + span``
+    (counted from the first DATA chunk) sent by the offerer, before it is encrypted, and counts what is
+    resent. On the lean path it filters the packets LeanSctpTransport hands to DTLS; otherwise it stands in
+    for the DTLS connection (pyOpenSSL), and whatever path sends the packet then finds nothing to send."""
 
     def __init__(self, sctp: RTCSctpTransport, every: int, skip: int, span: int) -> None:
         self.dtls = sctp.transport
@@ -132,12 +139,20 @@ class Lossy:
         self.dropped = 0
         self.resent = 0
         self.swallowed = False
-        self.dtls._ssl = self
+        if isinstance(sctp, LeanSctpTransport):
+            send_packets = sctp._bridge_send_packets
+
+            def filtered(packets: list[bytes]) -> None:
+                send_packets([p for p in packets if not self.drop(p)])
+
+            sctp._bridge_send_packets = filtered  # type: ignore[method-assign]
+        else:
+            self.dtls._ssl = self
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.ssl, name)
 
-    def send(self, data: bytes) -> int:
+    def drop(self, data: bytes) -> bool:
         if len(data) > 16 and data[12] == 0:  # an SCTP packet whose first chunk is DATA
             tsn = struct.unpack_from("!L", data, 16)[0]
             if self.first is None:
@@ -149,8 +164,13 @@ class Lossy:
                 n = (tsn - self.first) % (1 << 32)
                 if self.skip <= n < self.skip + self.span and n % self.every == 0:
                     self.dropped += 1
-                    self.swallowed = True
-                    return len(data)
+                    return True
+        return False
+
+    def send(self, data: bytes) -> int:
+        if self.drop(data):
+            self.swallowed = True
+            return len(data)
         return self.ssl.send(data)
 
     def bio_read(self, size: int) -> bytes:
@@ -177,8 +197,8 @@ async def send_through_loss(config: RtcConfig, size: int) -> Lossy:
 async def test_fixes_are_installed_on_both_roles_unless_turned_off() -> None:
     a, b = await connect(LOOPBACK)
     try:
-        assert type(sctp_of(a)) is BridgeSctpTransport
-        assert type(sctp_of(b)) is BridgeSctpTransport
+        assert type(sctp_of(a)) is LeanSctpTransport
+        assert type(sctp_of(b)) is LeanSctpTransport
     finally:
         await close(a, b)
     a, b = await connect(RtcConfig(host_addresses=("127.0.0.1",), connect_timeout=10.0, sctp_fixes=False))
@@ -314,5 +334,58 @@ async def test_a_few_extra_data_channels_are_allowed() -> None:
         async with asyncio.timeout(WAIT):
             await a.write(data)
         assert await rtc_pair.read_exactly(b, len(data), WAIT) == data
+    finally:
+        await close(a, b)
+
+
+# ------------------------------------------------------------------------------------- the lean path
+
+
+@given(size=st.integers(0, 1200), flags=st.sampled_from([0, SCTP_DATA_FIRST_FRAG, SCTP_DATA_LAST_FRAG,
+                                                         SCTP_DATA_FIRST_FRAG | SCTP_DATA_LAST_FRAG | SCTP_DATA_UNORDERED]),
+       tsn=st.integers(0, (1 << 32) - 1), tag=st.integers(0, (1 << 32) - 1))
+def test_lean_data_packets_are_aiortcs_byte_for_byte(size: int, flags: int, tsn: int, tag: int) -> None:
+    chunk = data_chunk(tsn, size)
+    chunk.flags = flags
+    header = struct.pack("!HHL", 5000, 5001, tag)
+    assert data_packet(header, crc32c(header + bytes(4)), chunk) == serialize_packet(5000, 5001, tag, chunk)
+
+
+async def test_lean_path_is_left_out_when_pyopenssl_internals_are_missing(monkeypatch: pytest.MonkeyPatch,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """A pyOpenSSL without the internals the lean path uses: the fixes alone, said in the log, and data flows."""
+    caplog.set_level(logging.INFO)
+    monkeypatch.setattr("bridge.net.rtc_sctp._lib", None)
+    a, b = await connect(LOOPBACK)
+    try:
+        assert type(sctp_of(a)) is BridgeSctpTransport
+        assert any("lean SCTP send path not installed" in r.getMessage() for r in caplog.records)
+        data = os.urandom(200_000)
+        async with asyncio.timeout(WAIT):
+            got, _ = await asyncio.gather(rtc_pair.read_exactly(b, len(data), WAIT), a.write(data))
+        assert got == data
+    finally:
+        await close(a, b)
+
+
+async def test_lost_tail_is_resent_when_the_retransmission_timer_fires() -> None:
+    """The last chunks of a transfer are lost: no later SACK can report them missing, so only the T3 timer
+    (restarted on the lean path by moving its deadline) can recover them. Each is resent once."""
+    a, b = await connect(LOOPBACK)
+    try:
+        messages = 10  # of 16 KiB
+        last = messages * math.ceil(16384 / USERDATA_MAX_LENGTH)
+        lossy = Lossy(sctp_of(a), every=1, skip=last - 3, span=3)
+        data = os.urandom(messages * 16384)
+        started = time.monotonic()
+        async with asyncio.timeout(WAIT):
+            got, _ = await asyncio.gather(rtc_pair.read_exactly(b, len(data), WAIT), a.write(data))
+        took = time.monotonic() - started
+        assert got == data
+        assert len(lossy.sent) == last and lossy.dropped == 3 and lossy.resent == 3, (lossy.sent, lossy.dropped,
+                                                                                       lossy.resent)
+        # The RTO is at least 1 s (SCTP_RTO_MIN): sooner would mean something other than the timer resent the
+        # tail; a timer that was not re-armed would leave it unsent for good.
+        assert 0.9 < took < 10, took
     finally:
         await close(a, b)

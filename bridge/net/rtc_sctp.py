@@ -80,6 +80,8 @@ _HALF = 1 << 31
 _PACK_DATA = struct.Struct("!BBHLHHL").pack
 _PACK_CRC = struct.Struct("<L").pack
 _PACK_COMMON = struct.Struct("!HHL").pack
+_UNPACK_TAG = struct.Struct("!L").unpack_from
+_UNPACK_CRC = struct.Struct("<L").unpack_from
 _PADDING = (b"", b"\0\0\0", b"\0\0", b"\0")
 #: The largest DTLS record one SCTP packet becomes (aiortc's packets are at most 1,200 bytes).
 _RECORD_MAX = 1500
@@ -163,6 +165,12 @@ def data_packet(header: bytes, header_crc: int, chunk: DataChunk) -> bytes:
     return header + _PACK_CRC(_crc32c_extend(header_crc, body)) + body
 
 
+def _malformed(exc: Exception) -> ConnectionError:
+    kind = "struct.error" if isinstance(exc, struct.error) else type(exc).__name__
+    log.info("SCTP: closing the association: the peer sent a malformed packet (%s: %s)", kind, exc)
+    return ConnectionError(f"malformed SCTP packet: {exc}")
+
+
 class BridgeSctpTransport(RTCSctpTransport):
     """aiortc's SCTP transport with the fixes above. Not instantiated: install() gives an existing
     transport this class."""
@@ -175,9 +183,7 @@ class BridgeSctpTransport(RTCSctpTransport):
         try:
             await super()._handle_data(data)
         except _MALFORMED as exc:
-            kind = "struct.error" if isinstance(exc, struct.error) else type(exc).__name__
-            log.info("SCTP: closing the association: the peer sent a malformed packet (%s: %s)", kind, exc)
-            raise ConnectionError(f"malformed SCTP packet: {exc}") from None
+            raise _malformed(exc) from None
 
     async def _data_channel_receive(self, stream_id: int, pp_id: int, data: bytes) -> None:
         if pp_id == WEBRTC_DCEP and data[:1] == _OPEN and len(self._data_channels) >= MAX_DATA_CHANNELS:
@@ -243,6 +249,69 @@ class LeanSctpTransport(BridgeSctpTransport):
     _bridge_rtx: bool
     _bridge_t3_deadline: float
     _bridge_buf: Any
+    _bridge_rx_ready: bool
+
+    # -------------------------------------------------------------------------------- receiving
+    def _bridge_setup_rx(self) -> None:
+        """Once DTLS and ICE are up (the first packet): the receive-side shortcuts below."""
+        self._bridge_rx_ready = True
+        dtls: Any = self.transport
+        ice = dtls.transport
+        bio, buf, buffer, bio_read = dtls._ssl._from_ssl, self._bridge_buf, _ffi.buffer, _lib.BIO_read
+
+        async def write_ssl() -> None:
+            # aiortc calls this after every record it decrypts, and pyOpenSSL's bio_read raises (and
+            # allocates) each time there is nothing to send, which is nearly always.
+            n = bio_read(bio, buf, _RECORD_MAX)
+            if n > 0:
+                await ice._send(buffer(buf, n)[:])
+                dtls._RTCDtlsTransport__tx_bytes += n
+                dtls._RTCDtlsTransport__tx_packets += 1
+
+        dtls._write_ssl = write_ssl
+        pair = ice._connection._nominated.get(1)
+        protocol: Any = getattr(pair, "protocol", None)
+        receiver = getattr(protocol, "receiver", None)
+        component = getattr(getattr(protocol, "local_candidate", None), "component", None)
+        if receiver is None or component is None:
+            return
+        stun_or_other = protocol.datagram_received
+
+        def datagram_received(data: bytes, addr: tuple[Any, ...]) -> None:
+            # aioice tries to parse every datagram as STUN first, and a DTLS record fails that with an
+            # exception. The first byte tells them apart (RFC 7983): 20-63 is DTLS.
+            if data and 19 < data[0] < 64:
+                receiver.data_received(data, component)
+            else:
+                stun_or_other(data, addr)
+
+        protocol.datagram_received = datagram_received
+
+    def _bridge_lone_sack(self, data: bytes) -> SackChunk | None:
+        """The SACK if ``data`` is a packet for us holding one SACK chunk and nothing else (the usual packet
+        a sender receives); None for anything else, which aiortc's parser then handles."""
+        if len(data) < 28 or data[12] != 3:
+            return None
+        length = (data[14] << 8) | data[15]
+        if 12 + length != len(data) or _UNPACK_TAG(data, 4)[0] != self._local_verification_tag:
+            return None
+        if _crc32c(data[:8] + b"\0\0\0\0" + data[12:]) != _UNPACK_CRC(data, 8)[0]:
+            return None
+        return SackChunk(flags=data[13], body=data[16:])
+
+    async def _handle_data(self, data: bytes) -> None:
+        if not self._bridge_rx_ready:
+            self._bridge_setup_rx()
+        try:
+            sack = self._bridge_lone_sack(data)
+            if sack is None:
+                await RTCSctpTransport._handle_data(self, data)
+                return
+            await self._receive_sack_chunk(sack)
+            if self._sack_needed:
+                await self._send_sack()
+        except _MALFORMED as exc:
+            raise _malformed(exc) from None
 
     # -------------------------------------------------------------------------------- sending
     def _bridge_send_packets(self, packets: list[bytes]) -> None:
@@ -449,6 +518,7 @@ def install(pc: RTCPeerConnection) -> bool:
         sctp._bridge_rtx = False  # type: ignore[attr-defined]
         sctp._bridge_t3_deadline = 0.0  # type: ignore[attr-defined]
         sctp._bridge_buf = _ffi.new("char[]", _RECORD_MAX)  # type: ignore[attr-defined]
+        sctp._bridge_rx_ready = False  # type: ignore[attr-defined]
         sctp.__class__ = LeanSctpTransport
     else:
         sctp.__class__ = BridgeSctpTransport

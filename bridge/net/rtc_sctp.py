@@ -57,6 +57,9 @@ from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcsctptransport import (
     DATA_CHANNEL_OPEN,
     SCTP_DATA_CHUNK_HEADER_LENGTH,
+    SCTP_DATA_FIRST_FRAG,
+    SCTP_DATA_LAST_FRAG,
+    SCTP_DATA_UNORDERED,
     USERDATA_MAX_LENGTH,
     WEBRTC_DCEP,
     DataChunk,
@@ -250,6 +253,7 @@ class LeanSctpTransport(BridgeSctpTransport):
     _bridge_t3_deadline: float
     _bridge_buf: Any
     _bridge_rx_ready: bool
+    _bridge_headers: tuple[tuple[int, int | None, int], bytes, int] | None
 
     # -------------------------------------------------------------------------------- receiving
     def _bridge_setup_rx(self) -> None:
@@ -269,6 +273,7 @@ class LeanSctpTransport(BridgeSctpTransport):
                 dtls._RTCDtlsTransport__tx_packets += 1
 
         dtls._write_ssl = write_ssl
+        dtls._recv_next = self._bridge_recv_next(dtls, write_ssl)
         pair = ice._connection._nominated.get(1)
         protocol: Any = getattr(pair, "protocol", None)
         receiver = getattr(protocol, "receiver", None)
@@ -286,6 +291,44 @@ class LeanSctpTransport(BridgeSctpTransport):
                 stun_or_other(data, addr)
 
         protocol.datagram_received = datagram_received
+
+    @staticmethod
+    def _bridge_recv_next(dtls: Any, write_ssl: Any) -> Any:
+        """aiortc's RTCDtlsTransport._recv_next once the handshake is over, without pyOpenSSL's wrappers: one
+        BIO_write and one SSL_read into a reused buffer per record. The same outcomes: a record with data
+        goes to the SCTP transport; a close_notify ends the connection (ConnectionError); a record without
+        data, or one that does not decrypt, is dropped. Before the handshake is done, aiortc's own runs."""
+        aiortcs = dtls._recv_next
+        ice = dtls.transport
+        ssl, into = dtls._ssl._ssl, dtls._ssl._into_ssl
+        buf = _ffi.new("char[]", _RECORD_MAX)
+        buffer, bio_write, ssl_read = _ffi.buffer, _lib.BIO_write, _lib.SSL_read
+
+        async def recv_next() -> None:
+            if not dtls._RTCDtlsTransport__handshake_done:
+                await aiortcs()
+                return
+            data = await ice._recv()
+            dtls._RTCDtlsTransport__rx_bytes += len(data)
+            dtls._RTCDtlsTransport__rx_packets += 1
+            if not 19 < data[0] < 64:
+                return  # RTP or RTCP: a data-channel-only connection has no receiver for it
+            if bio_write(into, data, len(data)) <= 0:
+                raise ConnectionError("DTLS could not take a record")
+            n = ssl_read(ssl, buf, _RECORD_MAX)
+            if n > 0:
+                plain = buffer(buf, n)[:]
+                await write_ssl()
+                if dtls._data_receiver:
+                    await dtls._data_receiver._handle_data(plain)
+                return
+            closed = _lib.SSL_get_error(ssl, n) == _lib.SSL_ERROR_ZERO_RETURN
+            _lib.ERR_clear_error()
+            await write_ssl()
+            if closed:
+                raise ConnectionError("DTLS shut down by the remote party")
+
+        return recv_next
 
     def _bridge_lone_sack(self, data: bytes) -> SackChunk | None:
         """The SACK if ``data`` is a packet for us holding one SACK chunk and nothing else (the usual packet
@@ -342,6 +385,41 @@ class LeanSctpTransport(BridgeSctpTransport):
         self._bridge_send_packets([serialize_packet(self._local_port, self._remote_port or 0,
                                                     self._remote_verification_tag, chunk)])
 
+    def _bridge_header(self) -> tuple[bytes, int]:
+        """The common header of our packets without the checksum, and its CRC32c with a zero checksum."""
+        fields = (self._local_port, self._remote_port, self._remote_verification_tag)
+        cached = self._bridge_headers
+        if cached is None or cached[0] != fields:
+            header = _PACK_COMMON(*fields)
+            cached = self._bridge_headers = (fields, header, _crc32c(header + b"\0\0\0\0"))
+        return cached[1], cached[2]
+
+    async def _send(self, stream_id: int, pp_id: int, user_data: bytes, expiry: float | None = None,
+                    max_retransmits: int | None = None, ordered: bool = True) -> None:
+        """aiortc's _send (a message into DATA chunks on the outbound queue, then transmit), building each
+        chunk's attributes in one step."""
+        stream_seq = self._outbound_stream_seq.get(stream_id, 0) if ordered else 0
+        flags = 0 if ordered else SCTP_DATA_UNORDERED
+        last = -(-len(user_data) // USERDATA_MAX_LENGTH) - 1
+        tsn = self._local_tsn
+        out = self._outbound_queue
+        for n, pos in enumerate(range(0, len(user_data), USERDATA_MAX_LENGTH)):
+            data = user_data[pos : pos + USERDATA_MAX_LENGTH]
+            chunk = object.__new__(DataChunk)
+            chunk.__dict__ = {
+                "flags": flags | (SCTP_DATA_FIRST_FRAG if n == 0 else 0) | (SCTP_DATA_LAST_FRAG if n == last else 0),
+                "tsn": tsn, "stream_id": stream_id, "stream_seq": stream_seq, "protocol": pp_id,
+                "user_data": data, "_abandoned": False, "_acked": False, "_book_size": len(data),
+                "_expiry": expiry, "_in_flight": False, "_max_retransmits": max_retransmits, "_misses": 0,
+                "_retransmit": False, "_sent_count": 0, "_sent_time": None,
+            }
+            tsn = (tsn + 1) % TSN_MODULO
+            out.append(chunk)
+        self._local_tsn = tsn
+        if ordered:
+            self._outbound_stream_seq[stream_id] = (stream_seq + 1) % 65536
+        await self._transmit()
+
     async def _transmit(self) -> None:
         if self._forward_tsn_chunk is not None or self._bridge_rtx:
             await super()._transmit()
@@ -355,8 +433,7 @@ class LeanSctpTransport(BridgeSctpTransport):
         cwnd = min(flight + burst, self._cwnd)
         if flight >= cwnd:
             return
-        header = _PACK_COMMON(self._local_port, self._remote_port, self._remote_verification_tag)
-        header_crc = _crc32c(header + b"\0\0\0\0")
+        header, header_crc = self._bridge_header()
         sent, sends, now = self._sent_queue, self._bridge_sends, time.time()
         packets = []
         while out and flight < cwnd:
@@ -491,9 +568,20 @@ class LeanSctpTransport(BridgeSctpTransport):
             self._t3_cancel()
         elif done:
             self._t3_restart()
-        self._update_advanced_peer_ack_point()
+        advanced = self._advanced_peer_ack_tsn
+        out = self._outbound_queue
+        if (self._forward_tsn_streams or (queue and queue[0]._abandoned) or (out and out[0]._abandoned)
+                or 0 < (advanced - cumulative) % TSN_MODULO < _HALF):
+            self._update_advanced_peer_ack_point()  # partial reliability at work
+        elif advanced != cumulative:
+            self._advanced_peer_ack_tsn = cumulative  # all the above would do without it
         await self._data_channel_flush()
         await self._transmit()
+
+    async def _data_channel_flush(self) -> None:
+        if self._outbound_queue and not self._reconfig_queue:
+            return  # aiortc would move no message (the outbound queue is not empty) and reset no stream
+        await super()._data_channel_flush()
 
 
 def install(pc: RTCPeerConnection) -> bool:
@@ -519,6 +607,7 @@ def install(pc: RTCPeerConnection) -> bool:
         sctp._bridge_t3_deadline = 0.0  # type: ignore[attr-defined]
         sctp._bridge_buf = _ffi.new("char[]", _RECORD_MAX)  # type: ignore[attr-defined]
         sctp._bridge_rx_ready = False  # type: ignore[attr-defined]
+        sctp._bridge_headers = None  # type: ignore[attr-defined]
         sctp.__class__ = LeanSctpTransport
     else:
         sctp.__class__ = BridgeSctpTransport
@@ -526,11 +615,19 @@ def install(pc: RTCPeerConnection) -> bool:
 
 
 #: aiortc, aioice and pyOpenSSL internals the lean path uses; without them the transport gets the fixes only.
-_LEAN_SCTP_STATE = ("_outbound_queue", "_flight_size", "_cwnd", "_partial_bytes_acked",
+_LEAN_SCTP_STATE = ("_outbound_queue", "_outbound_stream_seq", "_local_tsn", "_flight_size", "_cwnd", "_partial_bytes_acked", "_advanced_peer_ack_tsn",
+                    "_forward_tsn_streams", "_reconfig_queue", "_local_verification_tag",
                     "_fast_recovery_exit", "_fast_recovery_transmit", "_forward_tsn_chunk", "_t3_handle",
                     "_loop", "_rto", "_local_port", "_remote_port", "_remote_verification_tag")
 _LEAN_SCTP_METHODS = ("_t3_start", "_t3_cancel", "_t3_expired", "_update_rto", "_maybe_abandon",
                       "_update_advanced_peer_ack_point", "_data_channel_flush", "_transmit")
+
+
+_LEAN_OPENSSL = ("SSL_write", "SSL_read", "BIO_read", "BIO_write", "SSL_get_error", "ERR_clear_error",
+                 "SSL_ERROR_ZERO_RETURN")
+_LEAN_DTLS_STATE = ("_ssl", "_state", "_data_receiver", "_write_ssl", "_RTCDtlsTransport__tx_bytes",
+                    "_RTCDtlsTransport__tx_packets", "_RTCDtlsTransport__rx_bytes", "_RTCDtlsTransport__rx_packets",
+                    "_RTCDtlsTransport__handshake_done")
 
 
 def _lean_fits(sctp: RTCSctpTransport) -> bool:
@@ -538,9 +635,9 @@ def _lean_fits(sctp: RTCSctpTransport) -> bool:
     ice = getattr(dtls, "transport", None)
     missing = [n for n in _LEAN_SCTP_STATE if not hasattr(sctp, n)]
     missing += [n for n in _LEAN_SCTP_METHODS if not callable(getattr(RTCSctpTransport, n, None))]
-    if _lib is None or not all(hasattr(_lib, f) for f in ("SSL_write", "BIO_read")):
+    if _lib is None or not all(hasattr(_lib, f) for f in _LEAN_OPENSSL):
         missing.append("pyOpenSSL's _util.lib")
-    if not hasattr(dtls, "_RTCDtlsTransport__tx_bytes") or not hasattr(dtls, "_ssl"):
+    if not all(hasattr(dtls, n) for n in _LEAN_DTLS_STATE) or not callable(getattr(dtls, "_recv_next", None)):
         missing.append("RTCDtlsTransport internals")
     if not hasattr(getattr(ice, "_connection", None), "_nominated"):
         missing.append("aioice Connection._nominated")

@@ -11,6 +11,7 @@ import math
 import os
 import struct
 import time
+from collections import deque
 from types import SimpleNamespace
 from typing import Any
 
@@ -389,3 +390,31 @@ async def test_lost_tail_is_resent_when_the_retransmission_timer_fires() -> None
         assert 0.9 < took < 10, took
     finally:
         await close(a, b)
+
+
+def _bare(cls: type, tsn: int, stream_seq: int) -> Any:
+    """An SCTP transport object with only what _send touches (no association)."""
+    t = object.__new__(cls)
+    t._outbound_stream_seq = {3: stream_seq}
+    t._local_tsn = tsn
+    t._outbound_queue = deque()
+
+    async def no_transmit() -> None:
+        pass
+
+    t._transmit = no_transmit
+    return t
+
+
+@given(size=st.integers(1, 40_000), ordered=st.booleans(), tsn=st.integers((1 << 32) - 40, (1 << 32) - 1),
+       stream_seq=st.sampled_from([0, 65535]), expiry=st.none() | st.floats(0, 1e9),
+       max_retransmits=st.none() | st.integers(0, 10))
+def test_lean_send_makes_aiortcs_chunks(size: int, ordered: bool, tsn: int, stream_seq: int, expiry: float | None,
+                                        max_retransmits: int | None) -> None:
+    message = os.urandom(size)
+    queues = []
+    for cls in (RTCSctpTransport, LeanSctpTransport):
+        t = _bare(cls, tsn, stream_seq)
+        asyncio.run(cls._send(t, 3, 53, message, expiry=expiry, max_retransmits=max_retransmits, ordered=ordered))
+        queues.append(([c.__dict__ for c in t._outbound_queue], t._local_tsn, t._outbound_stream_seq))
+    assert queues[0] == queues[1]

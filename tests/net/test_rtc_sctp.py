@@ -284,15 +284,19 @@ async def test_out_of_order_data_is_bounded() -> None:
         await close(a, b)
 
 
-async def test_a_malformed_packet_ends_the_association_with_one_log_line(caplog: pytest.LogCaptureFixture) -> None:
-    """A SHUTDOWN chunk whose body is too short for its cumulative TSN, sent through the real DTLS
-    transport: aiortc's parser raises struct.error, which alone would end its DTLS task with a logged
-    traceback. The association ends cleanly instead, and the reader sees the end of the stream."""
+@pytest.mark.parametrize("body", [
+    struct.pack("!BBH", 7, 0, 5) + b"Z\0\0\0",  # SHUTDOWN: too short for its cumulative TSN
+    struct.pack("!BBHLLHH", 3, 0, 16, 0, 1 << 20, 1000, 0),  # a lone SACK (the lean path) claiming 1,000 gaps
+], ids=["shutdown", "lone-sack"])
+async def test_a_malformed_packet_ends_the_association_with_one_log_line(caplog: pytest.LogCaptureFixture,
+                                                                         body: bytes) -> None:
+    """A chunk whose body is too short for what it claims, sent through the real DTLS transport:
+    aiortc's parser raises struct.error, which alone would end its DTLS task with a logged traceback. The
+    association ends cleanly instead, and the reader sees the end of the stream."""
     a, b = await connect(LOOPBACK)
     try:
         receiver = sctp_of(b)
         header = struct.pack("!HHL", receiver._remote_port, receiver._local_port, receiver._local_verification_tag)
-        body = struct.pack("!BBH", 7, 0, 5) + b"Z\0\0\0"
         packet = header + struct.pack("<L", crc32c(header + b"\0\0\0\0" + body)) + body
         caplog.set_level(logging.INFO)
         await sctp_of(a).transport._send_data(packet)

@@ -299,7 +299,8 @@ class LeanSctpTransport(BridgeSctpTransport):
         goes to the SCTP transport; a close_notify ends the connection (ConnectionError); a record without
         data, or one that does not decrypt, is dropped. Before the handshake is done, aiortc's own runs."""
         aiortcs = dtls._recv_next
-        ice = dtls.transport
+        connection = dtls.transport._connection
+        datagrams = connection._queue  # what aioice's recv() awaits, two coroutines down
         ssl, into = dtls._ssl._ssl, dtls._ssl._into_ssl
         buf = _ffi.new("char[]", _RECORD_MAX)
         buffer, bio_write, ssl_read = _ffi.buffer, _lib.BIO_write, _lib.SSL_read
@@ -308,7 +309,12 @@ class LeanSctpTransport(BridgeSctpTransport):
             if not dtls._RTCDtlsTransport__handshake_done:
                 await aiortcs()
                 return
-            data = await ice._recv()
+            if not connection._nominated:
+                raise ConnectionError("Cannot receive data, not connected")
+            item = datagrams.get_nowait() if datagrams.qsize() else await datagrams.get()
+            if item is None:
+                raise ConnectionError("Connection lost while receiving data")
+            data = item[0]
             dtls._RTCDtlsTransport__rx_bytes += len(data)
             dtls._RTCDtlsTransport__rx_packets += 1
             if not 19 < data[0] < 64:
@@ -639,8 +645,9 @@ def _lean_fits(sctp: RTCSctpTransport) -> bool:
         missing.append("pyOpenSSL's _util.lib")
     if not all(hasattr(dtls, n) for n in _LEAN_DTLS_STATE) or not callable(getattr(dtls, "_recv_next", None)):
         missing.append("RTCDtlsTransport internals")
-    if not hasattr(getattr(ice, "_connection", None), "_nominated"):
-        missing.append("aioice Connection._nominated")
+    connection = getattr(ice, "_connection", None)
+    if not hasattr(connection, "_nominated") or not isinstance(getattr(connection, "_queue", None), asyncio.Queue):
+        missing.append("aioice Connection._nominated and _queue")
     if missing:
         log.info("lean SCTP send path not installed: this aiortc lacks %s", ", ".join(missing))
         return False

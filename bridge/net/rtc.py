@@ -96,7 +96,7 @@ class RtcConfig:
     #: writer wakes once per 768 KiB sent instead of once per message.
     buffered_amount_low: int = 256 * 1024
     #: Apply :mod:`bridge.net.rtc_sctp`'s fixes to aiortc's SCTP (no spurious retransmissions, a receive window,
-    #: bounded gap reports). Off only to measure aiortc as it is (bench/rtc_raw.py).
+    #: bounded gap reports) and its lean send path. Off only to measure aiortc as it is (bench/rtc_raw.py).
     sctp_fixes: bool = True
 
     def __post_init__(self) -> None:

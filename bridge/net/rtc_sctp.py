@@ -377,6 +377,7 @@ class LeanSctpTransport(BridgeSctpTransport):
         size = 0
         for packet in packets:
             if ssl_write(ssl, packet, len(packet)) <= 0:
+                _lib.ERR_clear_error()  # as pyOpenSSL would, so that no later call sees this error
                 raise ConnectionError("DTLS refused to encrypt a packet (the connection is closing)")
             n = bio_read(bio, buf, _RECORD_MAX)
             if n > 0:
@@ -531,10 +532,11 @@ class LeanSctpTransport(BridgeSctpTransport):
                         c._in_flight = False
                         flight -= c._book_size
             if newest > 0:
-                # Strike the chunks before it that are still missing, unless they were (re)sent after it.
-                limit = queue[newest]._bridge_sent
+                # Strike the chunks before it that are still missing, unless they were (re)sent after it. (A
+                # chunk abandoned before it was ever sent has no _bridge_sent.)
+                limit = getattr(queue[newest], "_bridge_sent", 0)
                 for c, got in zip(itertools.islice(queue, newest), received, strict=False):
-                    if got or c._bridge_sent > limit:
+                    if got or getattr(c, "_bridge_sent", 0) > limit:
                         continue
                     c._misses += 1
                     if c._misses == 3:

@@ -422,3 +422,34 @@ def test_lean_send_makes_aiortcs_chunks(size: int, ordered: bool, tsn: int, stre
         asyncio.run(cls._send(t, 3, 53, message, expiry=expiry, max_retransmits=max_retransmits, ordered=ordered))
         queues.append(([c.__dict__ for c in t._outbound_queue], t._local_tsn, t._outbound_stream_seq))
     assert queues[0] == queues[1]
+
+
+async def test_partial_reliability_on_the_lean_path(caplog: pytest.LogCaptureFixture) -> None:
+    """An unordered channel with maxRetransmits=0 beside the main one, with chunks dropped: the lean SACK
+    walk hands the lost chunks to aiortc's abandonment, FORWARD TSN skips them (through aiortc's own
+    transmit), the peer gets the rest, and the main channel still carries its data intact."""
+    caplog.set_level(logging.WARNING)
+    a, b = await connect(LOOPBACK)
+    try:
+        received: list[bytes] = []
+        b._pc.on("datachannel", lambda channel: channel.on("message", received.append))
+        extra = a._pc.createDataChannel("lossy", ordered=False, maxRetransmits=0)
+        opened = asyncio.get_running_loop().create_future()
+        extra.on("open", lambda: opened.done() or opened.set_result(None))
+        async with asyncio.timeout(WAIT):
+            await opened
+        lossy = Lossy(sctp_of(a), every=10, skip=0, span=300)
+        for n in range(300):
+            extra.send(n.to_bytes(2, "big") * 500)
+        async with asyncio.timeout(WAIT):
+            while sctp_of(a)._sent_queue or sctp_of(a)._outbound_queue:
+                await asyncio.sleep(0.01)
+        assert lossy.dropped >= 25 and lossy.resent == 0, (lossy.dropped, lossy.resent)
+        assert 0 < len(received) <= 300 - lossy.dropped
+        data = os.urandom(300_000)
+        async with asyncio.timeout(WAIT):
+            got, _ = await asyncio.gather(rtc_pair.read_exactly(b, len(data), WAIT), a.write(data))
+        assert got == data
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "Traceback" in r.getMessage()]
+    finally:
+        await close(a, b)

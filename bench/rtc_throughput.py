@@ -10,6 +10,9 @@ One run measures, on the same random file (``--size-mib``, default 64 MiB):
    which in Chromium writes every chunk to the Origin Private File System and is then the page's main cost).
 2. ``raw aiortc``: the same bytes over one bare data channel, RtcTransport -> Chromium, no BitTorrent
    (bench/rtc_raw.py's aiortc-chromium, imported), in this process on uvloop.
+2b. ``path``: the same as 2 with the bridge's SCTP (bridge/net/rtc_sctp.py's fixes and lean send path, as
+   the bridge's own peer connections have it): the bridge's WebRTC path alone, against raw aiortc, to the
+   same bare page.
 3. ``raw-aiortc``: the same bytes from RtcTransport to RtcTransport in another process, no browser
    (bench/rtc_raw.py's aiortc-aiortc, the issue's "aiortc to aiortc raw"), on 127.0.0.1.
 4. ``libtorrent``: libtorrent 2.1 seeding over WebRTC only (TCP and uTP off) to the same kind of page.
@@ -40,6 +43,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -87,12 +91,14 @@ NETNS_SETUP = [
     "ip link set veth1 up",
     "ip route add default via 10.77.0.2 dev veth0",
 ]
-METHODS = ("bridge", "raw", "raw-aiortc", "libtorrent")
+METHODS = ("bridge", "raw", "path", "raw-aiortc", "libtorrent")
 INTERRUPTED: list[bool] = []
-PYTHON_SIDE = {"bridge": "bridge", "raw": "aiortc", "raw-aiortc": "aiortc", "libtorrent": "libtorrent"}
+PYTHON_SIDE = {"bridge": "bridge", "raw": "aiortc", "path": "aiortc", "raw-aiortc": "aiortc",
+               "libtorrent": "libtorrent"}
 LABELS = {
     "bridge": "bridge -> WebTorrent",
     "raw": "raw aiortc -> Chromium",
+    "path": "bridge's RtcTransport -> Chromium",
     "raw-aiortc": "raw aiortc -> aiortc",
     "libtorrent": "libtorrent -> WebTorrent",
 }
@@ -375,9 +381,10 @@ async def run_bridge(ctx: Context) -> Result:
 _rtc_raw_with_chromium = rtc_raw.with_chromium
 
 
-async def run_raw(ctx: Context) -> Result:
+async def run_raw(ctx: Context, method: str = "raw") -> Result:
     """bench/rtc_raw.py's aiortc-chromium, with this run's file as its payload and the browser's CPU taken
-    around its ``run(page)`` (which includes the channel's set-up, a fraction of a second)."""
+    around its ``run(page)`` (which includes the channel's set-up, a fraction of a second). ``path``: the
+    same with the bridge's SCTP (bridge/net/rtc_sctp.py, as the bridge's peer connections have it)."""
     browser: dict[str, float] = {}
 
     async def with_chromium(run: Any) -> dict[str, Any]:
@@ -391,14 +398,19 @@ async def run_raw(ctx: Context) -> Result:
 
     rtc_raw.payload = lambda size: ctx.data
     rtc_raw.with_chromium = with_chromium
+    stock = rtc_raw.CONFIG
+    rtc_raw.CONFIG = dataclasses.replace(stock, sctp_fixes=method == "path")
     drops0 = udp_rcvbuf_errors()
-    async with asyncio.timeout(ctx.args.timeout):
-        r = await rtc_raw.aiortc_to_chromium(len(ctx.data), "uvloop")
+    try:
+        async with asyncio.timeout(ctx.args.timeout):
+            r = await rtc_raw.aiortc_to_chromium(len(ctx.data), "uvloop")
+    finally:
+        rtc_raw.CONFIG = stock
     drops = udp_rcvbuf_errors() - drops0
     await rtc_raw.wait_closing()
     m = re.search(r"python (\d+)%", r["cpu"])
     cpu = float(m.group(1)) if m else None
-    return Result("raw", r["ok"], r["wall"], seeder_cpu=cpu, seeder_cpu_s=cpu * r["wall"] / 100 if cpu else None,
+    return Result(method, r["ok"], r["wall"], seeder_cpu=cpu, seeder_cpu_s=cpu * r["wall"] / 100 if cpu else None,
                   browser_cpu=browser.get("cpu"), udp_drops=drops if ctx.netns else None)
 
 
@@ -439,7 +451,12 @@ async def run_raw_aiortc(ctx: Context) -> Result:
                   seeder_cpu_s=cpu * r["wall"] / 100 if cpu else None)
 
 
-RUNNERS = {"bridge": run_bridge, "raw": run_raw, "raw-aiortc": run_raw_aiortc, "libtorrent": run_libtorrent}
+async def run_path(ctx: Context) -> Result:
+    return await run_raw(ctx, "path")
+
+
+RUNNERS = {"bridge": run_bridge, "raw": run_raw, "path": run_path, "raw-aiortc": run_raw_aiortc,
+           "libtorrent": run_libtorrent}
 
 
 # ------------------------------------------------------------------------------ libtorrent seeder
@@ -562,6 +579,10 @@ async def main_async(args: argparse.Namespace, host: str, methods: list[str], no
                     b, w = results["bridge"][-1], results["raw"][-1]
                     print(f"  run {i + 1} bridge / raw aiortc -> Chromium: {w.first_s / b.first_s:.2f}",
                           file=sys.stderr)
+                if "path" in methods and "raw" in methods:
+                    b, w = results["path"][-1], results["raw"][-1]
+                    print(f"  run {i + 1} bridge's RtcTransport / raw aiortc -> Chromium: {w.first_s / b.first_s:.2f}",
+                          file=sys.stderr)
         best = {m: min(rs, key=lambda r: r.first_s) for m, rs in results.items()}
         best_total = {m: min((r.total_s for r in rs if r.total_s is not None), default=None)
                       for m, rs in results.items()}
@@ -585,6 +606,10 @@ async def main_async(args: argparse.Namespace, host: str, methods: list[str], no
             ratio = best["raw"].first_s / best["bridge"].first_s
             print(f"bridge / raw aiortc -> Chromium, MB/s first byte->done: {ratio:.2f} (bar 0.80: "
                   f"{'met' if ratio >= 0.8 else 'NOT met'})")
+        if "path" in best and "raw" in best:
+            ratio = best["raw"].first_s / best["path"].first_s
+            print(f"the bridge's WebRTC path alone (RtcTransport with rtc_sctp, no BitTorrent) / raw aiortc, to the "
+                  f"same page: {ratio:.2f}")
         if "bridge" in best and "raw-aiortc" in best:
             ratio = best["raw-aiortc"].first_s / best["bridge"].first_s
             print(f"bridge / raw aiortc -> aiortc, MB/s first byte->done: {ratio:.2f} (bar 0.80: "

@@ -167,23 +167,27 @@ class Session:
             side = WebRtcSide(fetcher, self.rtc_config, self.peer_id, self.config.peer.handshake_timeout)
             if not side.join(self.ws_pool, tiers, info_hash):
                 side = None
+        connections: list[OpenConnection] = []
         try:
             raw, connections = await fetcher.run()
+            info = parse_info(raw, expected_hash=info_hash)
+            log.info("[%s] metadata verified (%d bytes, %d pieces)", info.name, len(raw), info.num_pieces)
+            if on_metadata is not None:
+                on_metadata(info)  # the caller saves it, for one: a full disk ends the magnet here
+            torrent = await self.add_torrent(
+                info, download_dir, trackers=tiers, peers=peers, seed=seed, progress=progress,
+                announcer=announcer, connections=connections, webrtc=side, web_seeds=web_seeds,
+            )
         except BaseException:
+            # Nothing adopted them: the peers the metadata came from, the announcer and the WebRTC side.
+            for conn in connections:
+                conn.transport.close()
             if announcer is not None and announce_task is not None:
                 await announcer.stop()
                 announce_task.cancel()
             if side is not None:
                 await side.aclose()
             raise
-        info = parse_info(raw, expected_hash=info_hash)
-        log.info("[%s] metadata verified (%d bytes, %d pieces)", info.name, len(raw), info.num_pieces)
-        if on_metadata is not None:
-            on_metadata(info)
-        torrent = await self.add_torrent(
-            info, download_dir, trackers=tiers, peers=peers, seed=seed, progress=progress,
-            announcer=announcer, connections=connections, webrtc=side, web_seeds=web_seeds,
-        )
         target.append(torrent)
         if announce_task is not None:
             torrent.adopt_task(announce_task)

@@ -96,3 +96,29 @@ async def test_lying_metadata_peer_does_not_stop_the_download(tmp_path, liar_siz
         await leecher.aclose()
         await seeder.aclose()
         server.close()
+
+
+async def test_magnet_whose_metadata_cannot_be_kept_lets_go_of_its_peers(tmp_path):
+    """The metadata arrives but the caller cannot save it (a full disk, say): add_magnet raises that error,
+    and the connection the metadata came from is closed rather than left open with nothing behind it."""
+    info = make_torrent(str(tmp_path / "src"), {"a.bin": 200_000})
+    seeder, leecher = Session(loopback()), Session(loopback())
+    await seeder.start()
+    await leecher.start()
+    try:
+        st = await seeder.add_torrent(info, tmp_path / "src", seed=True)
+
+        def cannot_save(_info: object) -> None:
+            raise OSError(28, "No space left on device")
+
+        async with asyncio.timeout(30):
+            with pytest.raises(OSError, match="No space left"):
+                await leecher.add_magnet(info.info_hash, tmp_path / "dl", peers=[("127.0.0.1", seeder.listen_port)],
+                                         on_metadata=cannot_save)
+            while st.peers:  # the seeder sees the leecher's connection end
+                await asyncio.sleep(0.05)
+        assert info.info_hash not in leecher.torrents
+        assert not [t for t in asyncio.all_tasks() if "metadata" in t.get_name()]
+    finally:
+        await leecher.aclose()
+        await seeder.aclose()

@@ -246,7 +246,8 @@ class LeanSctpTransport(BridgeSctpTransport):
     - a SACK is processed in one walk of the sent queue: the cumulative ack, the gap blocks (with the
       per-transmission HTNA rule above, and the same checks), the congestion window, as aiortc does it;
     - the T3 retransmission timer is restarted by moving a deadline, not by cancelling and scheduling a
-      timer on every SACK; the timer re-arms itself for the rest when it fires early.
+      timer on every SACK; the timer re-arms itself for the rest when it fires early;
+    - new data stays within the peer's advertised receive window, which aiortc does not look at.
     """
 
     _bridge_rtx: bool
@@ -254,6 +255,8 @@ class LeanSctpTransport(BridgeSctpTransport):
     _bridge_buf: Any
     _bridge_rx_ready: bool
     _bridge_headers: tuple[tuple[int, int | None, int], bytes, int] | None
+    #: The peer's receive window left, from its last SACK less what was sent since (None before one).
+    _bridge_rwnd: int | None
 
     # -------------------------------------------------------------------------------- receiving
     def _bridge_setup_rx(self) -> None:
@@ -442,8 +445,15 @@ class LeanSctpTransport(BridgeSctpTransport):
             return
         header, header_crc = self._bridge_header()
         sent, sends, now = self._sent_queue, self._bridge_sends, time.time()
+        rwnd = self._bridge_rwnd
         packets = []
         while out and flight < cwnd:
+            if rwnd is not None:
+                # The peer's receive window (RFC 9260 section 6.1, rule A): no new data beyond it, except one
+                # chunk when nothing is in flight, which probes a closed window.
+                if rwnd < out[0]._book_size and flight > 0:
+                    break
+                rwnd -= out[0]._book_size
             chunk = out.popleft()
             sent.append(chunk)
             if not chunk._in_flight:
@@ -454,6 +464,9 @@ class LeanSctpTransport(BridgeSctpTransport):
             chunk._bridge_sent = next(sends)  # type: ignore[attr-defined]
             packets.append(data_packet(header, header_crc, chunk))
         self._flight_size = flight
+        self._bridge_rwnd = rwnd
+        if not packets:
+            return
         if self._t3_handle is None:
             self._t3_start()
         self._bridge_send_packets(packets)
@@ -552,6 +565,8 @@ class LeanSctpTransport(BridgeSctpTransport):
                             flight -= c._book_size
                         loss = True
         self._flight_size = flight
+        # What the peer can still take: its advertised window less what is still outstanding (section 6.2.1).
+        self._bridge_rwnd = chunk.advertised_rwnd - flight
 
         # the congestion window, as aiortc adjusts it
         if self._fast_recovery_exit is None:
@@ -616,6 +631,7 @@ def install(pc: RTCPeerConnection) -> bool:
         sctp._bridge_buf = _ffi.new("char[]", _RECORD_MAX)  # type: ignore[attr-defined]
         sctp._bridge_rx_ready = False  # type: ignore[attr-defined]
         sctp._bridge_headers = None  # type: ignore[attr-defined]
+        sctp._bridge_rwnd = None  # type: ignore[attr-defined]
         sctp.__class__ = LeanSctpTransport
     else:
         sctp.__class__ = BridgeSctpTransport

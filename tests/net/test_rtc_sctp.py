@@ -453,3 +453,30 @@ async def test_partial_reliability_on_the_lean_path(caplog: pytest.LogCaptureFix
         assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "Traceback" in r.getMessage()]
     finally:
         await close(a, b)
+
+
+async def test_the_lean_sender_keeps_within_the_peers_receive_window() -> None:
+    """aiortc sends whatever its congestion window allows, whatever the receiver advertises. The lean path
+    keeps new data within the window of the peer's last SACK: with the receiver advertising 40 KB, no more
+    than that is ever in flight (a 2 MB transfer on loopback would otherwise open the window far wider)."""
+    window = 40_000
+    a, b = await connect(LOOPBACK)
+    try:
+        sender, receiver = sctp_of(a), sctp_of(b)
+        receiver._advertised_rwnd -= receiver._advertised_rwnd - window  # aiortc keeps it relative from here
+        most = 0
+        send_packets = sender._bridge_send_packets  # type: ignore[attr-defined]
+
+        def watched(packets: list[bytes]) -> None:
+            nonlocal most
+            most = max(most, sender._flight_size)
+            send_packets(packets)
+
+        sender._bridge_send_packets = watched  # type: ignore[attr-defined]
+        data = os.urandom(2 * 1024 * 1024)
+        async with asyncio.timeout(WAIT):
+            got, _ = await asyncio.gather(rtc_pair.read_exactly(b, len(data), WAIT), a.write(data))
+        assert got == data
+        assert USERDATA_MAX_LENGTH < most <= window + USERDATA_MAX_LENGTH, most
+    finally:
+        await close(a, b)

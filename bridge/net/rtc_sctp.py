@@ -30,6 +30,11 @@ ways that cost us, and buffers whatever DATA the peer sends:
    65,535 of them. WebTorrent opens one; a peer that has more than MAX_DATA_CHANNELS open at once ends the
    association.
 
+6. **SACKs past one packet.** aiortc reports every gap block and duplicate TSN it has; with the
+   out-of-order TSNs kept under (3) that can be a 2 KB SACK. Here a SACK holds at most MAX_SACK_GAPS gap
+   blocks (those nearest the cumulative TSN, which matter first; the rest come in later SACKs) and
+   MAX_SACK_DUPLICATES duplicates, ordered across the 2**32 wrap-around.
+
 The fixes work by wrapping aiortc's own methods (the chunk is sent, the SACK is processed by aiortc). On top
 of them, :class:`LeanSctpTransport` replaces the sending hot path (new DATA chunks, SACK processing, the T3
 timer's restarts) with straight-line code that keeps aiortc's state and algorithms: aiortc spent about
@@ -98,6 +103,11 @@ _OPEN = bytes([DATA_CHANNEL_OPEN])
 #: sorting 1,024 TSNs per chunk (what aiortc does) stays cheap.
 MAX_RECEIVE_AHEAD = 1024
 
+#: Gap blocks and duplicate TSNs one SACK reports at most, so that it fits in one packet (16 + 4 x 272 + 12
+#: bytes, within aiortc's 1,189): the blocks nearest the cumulative TSN, and the first duplicates.
+MAX_SACK_GAPS = 256
+MAX_SACK_DUPLICATES = 16
+
 #: Data channels open on one connection at most (ours and the peer's). WebTorrent (simple-peer) uses one.
 MAX_DATA_CHANNELS = 8
 
@@ -107,9 +117,9 @@ _MALFORMED = (struct.error, AssertionError, IndexError, KeyError, ValueError, Ty
 
 #: aiortc internals the wrappers read; install() checks they exist first.
 _NEEDED_METHODS = ("_send_chunk", "_handle_data", "_receive_sack_chunk", "_receive_data_chunk",
-                   "_data_channel_receive")
+                   "_data_channel_receive", "_send_sack")
 _NEEDED_STATE = ("_sent_queue", "_last_sacked_tsn", "_last_received_tsn", "_advertised_rwnd", "_sack_needed",
-                 "_data_channels")
+                 "_data_channels", "_sack_misordered", "_sack_duplicates")
 
 
 def _tsn_offset(tsn: int, base: int) -> int:
@@ -187,6 +197,32 @@ class BridgeSctpTransport(RTCSctpTransport):
             await super()._handle_data(data)
         except _MALFORMED as exc:
             raise _malformed(exc) from None
+
+    async def _send_sack(self) -> None:
+        """aiortc's SACK, with at most MAX_SACK_GAPS gap blocks and MAX_SACK_DUPLICATES duplicates (aiortc
+        reports them all, and with the 1,024 out-of-order TSNs we keep that can be 2 KB, past one packet),
+        and the out-of-order TSNs ordered from the cumulative TSN (aiortc sorts the raw numbers, which is
+        wrong where they wrap around 2**32)."""
+        base = self._last_received_tsn
+        assert base is not None  # set from the peer's INIT before any DATA or SACK
+        gaps: list[list[int]] = []
+        previous = -2
+        for offset in sorted((tsn - base) % TSN_MODULO for tsn in self._sack_misordered):
+            if offset == previous + 1:
+                gaps[-1][1] = offset
+            elif len(gaps) == MAX_SACK_GAPS:
+                break
+            else:
+                gaps.append([offset, offset])
+            previous = offset
+        sack = SackChunk()
+        sack.cumulative_tsn = base
+        sack.advertised_rwnd = max(0, self._advertised_rwnd)
+        sack.duplicates = self._sack_duplicates[:MAX_SACK_DUPLICATES]
+        sack.gaps = [(start, end) for start, end in gaps]
+        await self._send_chunk(sack)
+        self._sack_duplicates.clear()
+        self._sack_needed = False
 
     async def _data_channel_receive(self, stream_id: int, pp_id: int, data: bytes) -> None:
         if pp_id == WEBRTC_DCEP and data[:1] == _OPEN and len(self._data_channels) >= MAX_DATA_CHANNELS:
@@ -672,5 +708,5 @@ def _lean_fits(sctp: RTCSctpTransport) -> bool:
     return True
 
 
-__all__ = ["MAX_DATA_CHANNELS", "MAX_RECEIVE_AHEAD", "BridgeSctpTransport", "LeanSctpTransport", "data_packet", "install",
+__all__ = ["MAX_DATA_CHANNELS", "MAX_RECEIVE_AHEAD", "MAX_SACK_DUPLICATES", "MAX_SACK_GAPS", "BridgeSctpTransport", "LeanSctpTransport", "data_packet", "install",
            "stale_misses", "valid_gaps"]

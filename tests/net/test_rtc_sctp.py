@@ -21,6 +21,7 @@ from aiortc.rtcsctptransport import (
     SCTP_DATA_FIRST_FRAG,
     SCTP_DATA_LAST_FRAG,
     SCTP_DATA_UNORDERED,
+    SCTP_MAX_PACKET_LENGTH,
     USERDATA_MAX_LENGTH,
     DataChunk,
     RTCSctpTransport,
@@ -36,6 +37,8 @@ from bridge.net.rtc import RtcConfig, RtcTransport
 from bridge.net.rtc_sctp import (
     MAX_DATA_CHANNELS,
     MAX_RECEIVE_AHEAD,
+    MAX_SACK_DUPLICATES,
+    MAX_SACK_GAPS,
     BridgeSctpTransport,
     LeanSctpTransport,
     data_packet,
@@ -479,4 +482,36 @@ async def test_the_lean_sender_keeps_within_the_peers_receive_window() -> None:
         assert got == data
         assert USERDATA_MAX_LENGTH < most <= window + USERDATA_MAX_LENGTH, most
     finally:
+        await close(a, b)
+
+
+async def test_a_sack_fits_in_one_packet_whatever_is_missing() -> None:
+    """Every other TSN missing over MAX_RECEIVE_AHEAD TSNs, and duplicates: aiortc would report 512 gap
+    blocks (a 2 KB SACK, past one packet). The SACK holds the MAX_SACK_GAPS blocks nearest the cumulative
+    TSN and fits in one packet, and a SACK across the 2**32 wrap lists its blocks in order."""
+    a, b = await connect(LOOPBACK)
+    try:
+        sctp = sctp_of(b)
+        sent: list[SackChunk] = []
+
+        async def capture(chunk: Any) -> None:
+            sent.append(chunk)
+
+        start = sctp._last_received_tsn
+        for k in range(2, MAX_RECEIVE_AHEAD, 2):
+            await sctp._receive_data_chunk(data_chunk(start + k, 10))
+        sctp._sack_duplicates.extend(range(100))
+        sctp._send_chunk = capture  # type: ignore[method-assign]
+        await sctp._send_sack()
+        sack = sent[-1]
+        assert sack.gaps[:3] == [(2, 2), (4, 4), (6, 6)]
+        assert len(sack.gaps) == MAX_SACK_GAPS and len(sack.duplicates) == MAX_SACK_DUPLICATES
+        assert 12 + len(bytes(sack)) <= SCTP_MAX_PACKET_LENGTH
+        # wrap-around: the cumulative TSN just below 2**32, the out-of-order ones just past 0
+        sctp._sack_misordered = {(1 << 32) - 1, 1, 2}
+        sctp._last_received_tsn = (1 << 32) - 3
+        await sctp._send_sack()
+        assert sent[-1].gaps == [(2, 2), (4, 5)]
+    finally:
+        sctp.__dict__.pop("_send_chunk", None)
         await close(a, b)

@@ -604,7 +604,7 @@ async def main_async(args: argparse.Namespace, host: str, methods: list[str], no
         print(f"sender CPU ms per MB (best runs; bridge and libtorrent include connection set-up): {', '.join(per_mb)}")
         if "bridge" in best and "raw" in best:
             ratio = best["raw"].first_s / best["bridge"].first_s
-            print(f"bridge / raw aiortc -> Chromium, MB/s first byte->done: {ratio:.2f} (bar 0.80: "
+            print(f"bridge / raw aiortc -> Chromium, MB/s first byte->done: {ratio:.3f} (bar 0.80: "
                   f"{'met' if ratio >= 0.8 else 'NOT met'})")
         if "path" in best and "raw" in best:
             ratio = best["raw"].first_s / best["path"].first_s
@@ -612,7 +612,7 @@ async def main_async(args: argparse.Namespace, host: str, methods: list[str], no
                   f"same page: {ratio:.2f}")
         if "bridge" in best and "raw-aiortc" in best:
             ratio = best["raw-aiortc"].first_s / best["bridge"].first_s
-            print(f"bridge / raw aiortc -> aiortc, MB/s first byte->done: {ratio:.2f} (bar 0.80: "
+            print(f"bridge / raw aiortc -> aiortc, MB/s first byte->done: {ratio:.3f} (bar 0.80: "
                   f"{'met' if ratio >= 0.8 else 'NOT met'})")
         if "bridge" in best and "libtorrent" in best:
             b, t = best["bridge"], best["libtorrent"]

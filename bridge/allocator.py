@@ -10,7 +10,8 @@ churn (about 20k -> 26k announces per CPU-second in that bench).
 Setting the trim threshold also turns off glibc's sliding mmap threshold, which would otherwise have moved
 up to the size of the buffers we free (pieces, upload batches) so that they come from the heap; without it
 every block of 128 KiB or more would be mmapped and faulted in afresh. ``MMAP_THRESHOLD`` keeps buffers up
-to 4 MiB in the heap, as the sliding threshold would have.
+to 4 MiB in the heap, as the sliding threshold would have (pieces over 4 MiB, which only very large torrents
+use, get a mapping of their own each time).
 
 Nothing is done when the C library is not glibc, or when the user has set either threshold, the top pad or
 the mmap count themselves (``MALLOC_TRIM_THRESHOLD_`` and the like, or the same in ``GLIBC_TUNABLES``):

@@ -236,7 +236,7 @@ class BridgeSctpTransport(RTCSctpTransport):
             ahead = _tsn_offset(chunk.tsn, last)
             # 1 is the next TSN expected: always taken, or the window could never open again. Behind the
             # cumulative TSN (a duplicate) is aiortc's to report.
-            if 1 < ahead < TSN_MODULO // 2 and (ahead > MAX_RECEIVE_AHEAD or self._advertised_rwnd <= 0):
+            if 1 < ahead < _HALF and (ahead > MAX_RECEIVE_AHEAD or self._advertised_rwnd <= 0):
                 self.bridge_dropped_chunks += 1
                 self._sack_needed = True
                 return
@@ -247,16 +247,21 @@ class BridgeSctpTransport(RTCSctpTransport):
             chunk._bridge_sent = next(self._bridge_sends)  # type: ignore[attr-defined]
         await super()._send_chunk(chunk)
 
+    def _bridge_check_gaps(self, chunk: SackChunk) -> None:
+        """Drop (set to []) the SACK's gap blocks unless they fit what was sent (see :func:`valid_gaps`)."""
+        queue = self._sent_queue
+        reach = _tsn_offset(queue[-1].tsn, chunk.cumulative_tsn) if queue else 0
+        if reach >= _HALF or not valid_gaps(chunk.gaps, reach):
+            log.debug("SCTP: ignoring %d gap blocks that do not fit what was sent", len(chunk.gaps))
+            chunk.gaps = []
+
     async def _receive_sack_chunk(self, chunk: SackChunk) -> None:
         queue = self._sent_queue
         cumulative = chunk.cumulative_tsn
         held: list[tuple[Any, int]] = []
-        if chunk.gaps and _tsn_offset(cumulative, self._last_sacked_tsn) < TSN_MODULO // 2:
-            reach = _tsn_offset(queue[-1].tsn, cumulative) if queue else 0
-            if reach >= TSN_MODULO // 2 or not valid_gaps(chunk.gaps, reach):
-                log.debug("SCTP: ignoring %d gap blocks that do not fit what was sent", len(chunk.gaps))
-                chunk.gaps = []
-            else:
+        if chunk.gaps and _tsn_offset(cumulative, self._last_sacked_tsn) < _HALF:
+            self._bridge_check_gaps(chunk)
+            if chunk.gaps:
                 for stale in stale_misses(queue, cumulative, chunk.gaps):
                     held.append((stale, stale._misses))
                     stale._misses = _HELD
@@ -532,12 +537,9 @@ class LeanSctpTransport(BridgeSctpTransport):
         if 0 < (self._last_sacked_tsn - cumulative) % TSN_MODULO < _HALF:
             return  # older than one already processed
         queue: Any = self._sent_queue  # of DataChunks with the attributes aiortc and we add
+        if chunk.gaps:
+            self._bridge_check_gaps(chunk)
         gaps = chunk.gaps
-        if gaps:
-            reach = (queue[-1].tsn - cumulative) % TSN_MODULO if queue else 0
-            if reach >= _HALF or not valid_gaps(gaps, reach):
-                log.debug("SCTP: ignoring %d gap blocks that do not fit what was sent", len(gaps))
-                gaps = chunk.gaps = []
         received_time = time.time()
         self._last_sacked_tsn = cumulative
         cwnd_fully_utilized = self._flight_size >= self._cwnd

@@ -60,6 +60,24 @@ async def close(*transports: RtcTransport) -> None:
     await rtc_pair.close(transports, WAIT)
 
 
+async def transfer(a: RtcTransport, b: RtcTransport, size: int) -> None:
+    """``size`` random bytes written on ``a`` arrive on ``b`` intact, within WAIT seconds."""
+    data = os.urandom(size)
+    async with asyncio.timeout(WAIT):
+        got, _ = await asyncio.gather(rtc_pair.read_exactly(b, size, WAIT), a.write(data))
+    assert got == data
+
+
+async def open_channel(t: RtcTransport, label: str, **options: Any) -> Any:
+    """Another data channel on ``t``'s peer connection, once it is open."""
+    channel = t._pc.createDataChannel(label, **options)
+    opened = asyncio.get_running_loop().create_future()
+    channel.on("open", lambda: opened.done() or opened.set_result(None))
+    async with asyncio.timeout(WAIT):
+        await opened
+    return channel
+
+
 def sctp_of(t: RtcTransport) -> RTCSctpTransport:
     sctp = t._pc.sctp
     assert sctp is not None
@@ -188,11 +206,7 @@ async def send_through_loss(config: RtcConfig, size: int) -> Lossy:
     a, b = await connect(config)
     try:
         lossy = Lossy(sctp_of(a), every=40, skip=200, span=3000)
-        data = os.urandom(size)
-
-        async with asyncio.timeout(WAIT):
-            got, _ = await asyncio.gather(rtc_pair.read_exactly(b, size, WAIT), a.write(data))
-        assert got == data
+        await transfer(a, b, size)
         return lossy
     finally:
         await close(a, b)
@@ -242,10 +256,7 @@ async def test_hostile_gap_blocks_are_ignored_quickly_and_the_channel_goes_on() 
             await sctp._receive_sack_chunk(sack)
         assert time.monotonic() - started < 1.0
         assert sack.gaps == []
-        data = os.urandom(300_000)
-        async with asyncio.timeout(WAIT):
-            await a.write(data)
-        assert await rtc_pair.read_exactly(b, len(data), WAIT) == data
+        await transfer(a, b, 300_000)
     finally:
         await close(a, b)
 
@@ -333,15 +344,8 @@ async def test_a_peer_opening_many_data_channels_is_dropped(caplog: pytest.LogCa
 async def test_a_few_extra_data_channels_are_allowed() -> None:
     a, b = await connect(LOOPBACK)
     try:
-        extra = a._pc.createDataChannel("second")
-        opened = asyncio.get_running_loop().create_future()
-        extra.on("open", lambda: opened.done() or opened.set_result(None))
-        async with asyncio.timeout(WAIT):
-            await opened
-        data = os.urandom(100_000)
-        async with asyncio.timeout(WAIT):
-            await a.write(data)
-        assert await rtc_pair.read_exactly(b, len(data), WAIT) == data
+        await open_channel(a, "second")
+        await transfer(a, b, 100_000)
     finally:
         await close(a, b)
 
@@ -368,10 +372,7 @@ async def test_lean_path_is_left_out_when_pyopenssl_internals_are_missing(monkey
     try:
         assert type(sctp_of(a)) is BridgeSctpTransport
         assert any("lean SCTP send path not installed" in r.getMessage() for r in caplog.records)
-        data = os.urandom(200_000)
-        async with asyncio.timeout(WAIT):
-            got, _ = await asyncio.gather(rtc_pair.read_exactly(b, len(data), WAIT), a.write(data))
-        assert got == data
+        await transfer(a, b, 200_000)
     finally:
         await close(a, b)
 
@@ -384,12 +385,9 @@ async def test_lost_tail_is_resent_when_the_retransmission_timer_fires() -> None
         messages = 10  # of 16 KiB
         last = messages * math.ceil(16384 / USERDATA_MAX_LENGTH)
         lossy = Lossy(sctp_of(a), every=1, skip=last - 3, span=3)
-        data = os.urandom(messages * 16384)
         started = time.monotonic()
-        async with asyncio.timeout(WAIT):
-            got, _ = await asyncio.gather(rtc_pair.read_exactly(b, len(data), WAIT), a.write(data))
+        await transfer(a, b, messages * 16384)
         took = time.monotonic() - started
-        assert got == data
         assert len(lossy.sent) == last and lossy.dropped == 3 and lossy.resent == 3, (lossy.sent, lossy.dropped,
                                                                                        lossy.resent)
         # The RTO is at least 1 s (SCTP_RTO_MIN): sooner would mean something other than the timer resent the
@@ -436,11 +434,7 @@ async def test_partial_reliability_on_the_lean_path(caplog: pytest.LogCaptureFix
     try:
         received: list[bytes] = []
         b._pc.on("datachannel", lambda channel: channel.on("message", received.append))
-        extra = a._pc.createDataChannel("lossy", ordered=False, maxRetransmits=0)
-        opened = asyncio.get_running_loop().create_future()
-        extra.on("open", lambda: opened.done() or opened.set_result(None))
-        async with asyncio.timeout(WAIT):
-            await opened
+        extra = await open_channel(a, "lossy", ordered=False, maxRetransmits=0)
         lossy = Lossy(sctp_of(a), every=10, skip=0, span=300)
         for n in range(300):
             extra.send(n.to_bytes(2, "big") * 500)
@@ -449,10 +443,7 @@ async def test_partial_reliability_on_the_lean_path(caplog: pytest.LogCaptureFix
                 await asyncio.sleep(0.01)
         assert lossy.dropped >= 25 and lossy.resent == 0, (lossy.dropped, lossy.resent)
         assert 0 < len(received) <= 300 - lossy.dropped
-        data = os.urandom(300_000)
-        async with asyncio.timeout(WAIT):
-            got, _ = await asyncio.gather(rtc_pair.read_exactly(b, len(data), WAIT), a.write(data))
-        assert got == data
+        await transfer(a, b, 300_000)
         assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "Traceback" in r.getMessage()]
     finally:
         await close(a, b)
@@ -476,10 +467,7 @@ async def test_the_lean_sender_keeps_within_the_peers_receive_window() -> None:
             send_packets(packets)
 
         sender._bridge_send_packets = watched  # type: ignore[attr-defined]
-        data = os.urandom(2 * 1024 * 1024)
-        async with asyncio.timeout(WAIT):
-            got, _ = await asyncio.gather(rtc_pair.read_exactly(b, len(data), WAIT), a.write(data))
-        assert got == data
+        await transfer(a, b, 2 * 1024 * 1024)
         assert USERDATA_MAX_LENGTH < most <= window + USERDATA_MAX_LENGTH, most
     finally:
         await close(a, b)

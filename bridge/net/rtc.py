@@ -455,6 +455,7 @@ class RtcTransport:
 
 def _new_peer_connection(config: RtcConfig) -> RTCPeerConnection:
     _install_stun_parse_guard()
+    rtc_sctp.install_params_guard()  # a security fix, so also without sctp_fixes
     # An explicit (possibly empty) list: aiortc would otherwise add Google's public STUN server.
     return RTCPeerConnection(RTCConfiguration(iceServers=[_ice_server(u) for u in config.ice_servers]))
 

@@ -30,12 +30,19 @@ ways that cost us, and buffers whatever DATA the peer sends:
    65,535 of them. WebTorrent opens one; a peer that has more than MAX_DATA_CHANNELS open at once ends the
    association.
 
-6. **SACKs past one packet.** aiortc reports every gap block and duplicate TSN it has; with the
+6. **A parameter of length zero.** aiortc's ``decode_params`` (INIT, INIT ACK, HEARTBEAT, ABORT, ERROR,
+   RE-CONFIG chunks) advances by each parameter's length, so a parameter whose length field is 0 keeps it
+   in place and it appends entries until the process runs out of memory: one packet from the peer. Found
+   by tests/fuzz/test_fuzz_sctp.py. :func:`install_params_guard` replaces it, for the process, with one
+   that refuses a parameter shorter than its own 4-byte header (ValueError, on which aiortc drops the
+   packet).
+
+7. **SACKs past one packet.** aiortc reports every gap block and duplicate TSN it has; with the
    out-of-order TSNs kept under (3) that can be a 2 KB SACK. Here a SACK holds at most MAX_SACK_GAPS gap
    blocks (those nearest the cumulative TSN, which matter first; the rest come in later SACKs) and
    MAX_SACK_DUPLICATES duplicates, ordered across the 2**32 wrap-around.
 
-The fixes work by wrapping aiortc's own methods (the chunk is sent, the SACK is processed by aiortc). On top
+Fixes 1-5 and 7 work by wrapping aiortc's own methods (the chunk is sent, the SACK is processed by aiortc). On top
 of them, :class:`LeanSctpTransport` replaces the sending hot path (new DATA chunks, SACK processing, the T3
 timer's restarts) with straight-line code that keeps aiortc's state and algorithms: aiortc spent about
 40 us of Python per DATA packet, which limited a data channel more than the network did.
@@ -57,7 +64,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from aiortc import RTCPeerConnection
+from aiortc import RTCPeerConnection, rtcsctptransport
 from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcsctptransport import (
     DATA_CHANNEL_OPEN,
@@ -125,6 +132,28 @@ _NEEDED_STATE = ("_sent_queue", "_last_sacked_tsn", "_last_received_tsn", "_adve
 def _tsn_offset(tsn: int, base: int) -> int:
     """How far ``tsn`` is past ``base``, modulo 2**32 (serial number arithmetic)."""
     return (tsn - base) % TSN_MODULO
+
+
+_UNPACK_PARAM = struct.Struct("!HH").unpack_from
+
+
+def decode_params(body: bytes) -> list[tuple[int, bytes]]:
+    """SCTP chunk parameters as (type, value), as aiortc's decode_params reads them; ValueError for a
+    parameter whose length is shorter than its header (aiortc's would loop without end)."""
+    params = []
+    pos = 0
+    while pos <= len(body) - 4:
+        kind, length = _UNPACK_PARAM(body, pos)
+        if length < 4:
+            raise ValueError(f"SCTP parameter of length {length}")
+        params.append((kind, body[pos + 4 : pos + length]))
+        pos += length + (-length & 3)
+    return params
+
+
+def install_params_guard() -> None:
+    """Have aiortc parse chunk parameters with :func:`decode_params` (fix 6 above). Once, for the process."""
+    rtcsctptransport.decode_params = decode_params
 
 
 def valid_gaps(gaps: Sequence[tuple[int, int]], reach: int) -> bool:
@@ -710,5 +739,5 @@ def _lean_fits(sctp: RTCSctpTransport) -> bool:
     return True
 
 
-__all__ = ["MAX_DATA_CHANNELS", "MAX_RECEIVE_AHEAD", "MAX_SACK_DUPLICATES", "MAX_SACK_GAPS", "BridgeSctpTransport", "LeanSctpTransport", "data_packet", "install",
+__all__ = ["decode_params", "install_params_guard", "MAX_DATA_CHANNELS", "MAX_RECEIVE_AHEAD", "MAX_SACK_DUPLICATES", "MAX_SACK_GAPS", "BridgeSctpTransport", "LeanSctpTransport", "data_packet", "install",
            "stale_misses", "valid_gaps"]

@@ -26,8 +26,10 @@ from aiortc.rtcsctptransport import (
     DataChunk,
     RTCSctpTransport,
     SackChunk,
+    encode_params,
     serialize_packet,
 )
+from aiortc.rtcsctptransport import decode_params as aiortc_decode_params
 from google_crc32c import value as crc32c
 from hypothesis import given
 from hypothesis import strategies as st
@@ -42,6 +44,7 @@ from bridge.net.rtc_sctp import (
     BridgeSctpTransport,
     LeanSctpTransport,
     data_packet,
+    decode_params,
     stale_misses,
     valid_gaps,
 )
@@ -502,4 +505,30 @@ async def test_a_sack_fits_in_one_packet_whatever_is_missing() -> None:
         assert sent[-1].gaps == [(2, 2), (4, 5)]
     finally:
         sctp.__dict__.pop("_send_chunk", None)
+        await close(a, b)
+
+
+@given(st.lists(st.tuples(st.integers(0, 0xFFFF), st.binary(max_size=40)), max_size=8))
+def test_params_decode_as_aiortc_decodes_them(params: list[tuple[int, bytes]]) -> None:
+    assert aiortc_decode_params is not decode_params  # aiortc's own, bound before any guard went in
+    body = encode_params(params)
+    assert decode_params(body) == aiortc_decode_params(body) == params
+
+
+async def test_a_zero_length_parameter_is_dropped_not_looped_on() -> None:
+    """A HEARTBEAT whose parameter says it is 0 bytes long, sent through the real DTLS transport: aiortc's
+    parser would append parameters until the process ran out of memory. The packet is dropped, and the
+    association goes on."""
+    with pytest.raises(ValueError, match="length 0"):
+        decode_params(struct.pack("!HH", 1, 0) + bytes(8))
+    a, b = await connect(LOOPBACK)
+    try:
+        receiver = sctp_of(b)
+        header = struct.pack("!HHL", receiver._remote_port, receiver._local_port, receiver._local_verification_tag)
+        body = struct.pack("!BBHHH", 4, 0, 8, 1, 0)  # HEARTBEAT holding one parameter of length 0
+        packet = header + struct.pack("<L", crc32c(header + b"\0\0\0\0" + body)) + body
+        await sctp_of(a).transport._send_data(packet)
+        await transfer(a, b, 100_000)
+        assert receiver._association_state == receiver.State.ESTABLISHED
+    finally:
         await close(a, b)

@@ -41,6 +41,7 @@ from bridge.net.rtc_sctp import (
     MAX_RECEIVE_AHEAD,
     MAX_SACK_DUPLICATES,
     MAX_SACK_GAPS,
+    SACK_DELAY,
     BridgeSctpTransport,
     LeanSctpTransport,
     data_packet,
@@ -178,8 +179,11 @@ class Lossy:
         return getattr(self.ssl, name)
 
     def drop(self, data: bytes) -> bool:
-        if len(data) > 16 and data[12] == 0:  # an SCTP packet whose first chunk is DATA
-            tsn = struct.unpack_from("!L", data, 16)[0]
+        pos = 12
+        if len(data) > 16 and data[12] == 3:  # a SACK first: DATA may follow it in the same packet
+            pos += (struct.unpack_from("!H", data, 14)[0] + 3) & ~3
+        if len(data) > pos + 8 and data[pos] == 0:  # an SCTP packet with a DATA chunk
+            tsn = struct.unpack_from("!L", data, pos + 4)[0]
             if self.first is None:
                 self.first = tsn
             if tsn in self.sent:
@@ -441,8 +445,9 @@ async def test_partial_reliability_on_the_lean_path(caplog: pytest.LogCaptureFix
         lossy = Lossy(sctp_of(a), every=10, skip=0, span=300)
         for n in range(300):
             extra.send(n.to_bytes(2, "big") * 500)
+        sender = sctp_of(a)
         async with asyncio.timeout(WAIT):
-            while sctp_of(a)._sent_queue or sctp_of(a)._outbound_queue:
+            while sender._data_channel_queue or sender._sent_queue or sender._outbound_queue:
                 await asyncio.sleep(0.01)
         assert lossy.dropped >= 25 and lossy.resent == 0, (lossy.dropped, lossy.resent)
         assert 0 < len(received) <= 300 - lossy.dropped
@@ -483,28 +488,89 @@ async def test_a_sack_fits_in_one_packet_whatever_is_missing() -> None:
     a, b = await connect(LOOPBACK)
     try:
         sctp = sctp_of(b)
-        sent: list[SackChunk] = []
-
-        async def capture(chunk: Any) -> None:
-            sent.append(chunk)
-
         start = sctp._last_received_tsn
         for k in range(2, MAX_RECEIVE_AHEAD, 2):
             await sctp._receive_data_chunk(data_chunk(start + k, 10))
         sctp._sack_duplicates.extend(range(100))
-        sctp._send_chunk = capture  # type: ignore[method-assign]
-        await sctp._send_sack()
-        sack = sent[-1]
+        sack = sctp._bridge_sack_chunk()  # what the SACK sent next holds
         assert sack.gaps[:3] == [(2, 2), (4, 4), (6, 6)]
         assert len(sack.gaps) == MAX_SACK_GAPS and len(sack.duplicates) == MAX_SACK_DUPLICATES
         assert 12 + len(bytes(sack)) <= SCTP_MAX_PACKET_LENGTH
         # wrap-around: the cumulative TSN just below 2**32, the out-of-order ones just past 0
         sctp._sack_misordered = {(1 << 32) - 1, 1, 2}
         sctp._last_received_tsn = (1 << 32) - 3
-        await sctp._send_sack()
-        assert sent[-1].gaps == [(2, 2), (4, 5)]
+        assert sctp._bridge_sack_chunk().gaps == [(2, 2), (4, 5)]
     finally:
-        sctp.__dict__.pop("_send_chunk", None)
+        await close(a, b)
+
+
+def count_packets(sctp: Any) -> dict[str, int]:
+    """Counts, by first chunk type, the SCTP packets ``sctp`` (a LeanSctpTransport) hands to DTLS."""
+    counts = {"data": 0, "sack": 0, "sack+data": 0, "other": 0}
+    send_packets = sctp._bridge_send_packets
+
+    def counted(packets: list[bytes]) -> None:
+        for p in packets:
+            if p[12] == 3:
+                after = 12 + ((struct.unpack_from("!H", p, 14)[0] + 3) & ~3)
+                counts["sack+data" if len(p) > after and p[after] == 0 else "sack"] += 1
+            else:
+                counts["data" if p[12] == 0 else "other"] += 1
+        send_packets(packets)
+
+    sctp._bridge_send_packets = counted
+    return counts
+
+
+async def test_a_receiver_acknowledges_every_second_packet() -> None:
+    """Receiving a stream of DATA, the lean path sends one SACK for two packets (RFC 9260 section 6.2), where
+    aiortc sends one per packet; the transfer arrives whole and nothing is resent."""
+    a, b = await connect(LOOPBACK)
+    try:
+        sender, receiver = sctp_of(a), sctp_of(b)
+        sent, acks = count_packets(sender), count_packets(receiver)
+        await transfer(a, b, 4 << 20)
+        await asyncio.sleep(SACK_DELAY * 5)  # the last packet's SACK, if it was odd
+        packets = sent["data"] + sent["sack+data"]
+        assert packets >= (4 << 20) // USERDATA_MAX_LENGTH
+        # at least one SACK for two packets; more only where a packet left a gap (loopback drops some)
+        assert packets / 2 - 1 <= acks["sack"] <= packets * 0.6, (packets, acks)
+        assert acks["data"] == 0 and acks["sack+data"] == 0  # b sent no data
+        assert not sender._sent_queue and receiver.bridge_sacks_alone == acks["sack"]
+    finally:
+        await close(a, b)
+
+
+async def test_the_sack_for_a_request_rides_in_the_answer() -> None:
+    """The WebTorrent pattern: small requests one way, each answered by a 16 KiB message. The SACK owed for
+    each request goes in a DATA packet of the answer (the last fragment has room), not in a packet of its
+    own; a request that gets no answer is still acknowledged, SACK_DELAY later, before the peer's T3 timer
+    would resend it."""
+    a, b = await connect(LOOPBACK)
+    try:
+        seeder, leecher = sctp_of(a), sctp_of(b)
+        acks = count_packets(seeder)
+        rounds = 40
+        for n in range(rounds):
+            await b.write(n.to_bytes(4, "big") * 4)
+            async with asyncio.timeout(WAIT):
+                request = await rtc_pair.read_exactly(a, 16, WAIT)
+            answer = request * 1024
+            await a.write(answer)
+            assert await rtc_pair.read_exactly(b, len(answer), WAIT) == answer
+        assert acks["sack+data"] >= rounds * 0.9, acks
+        assert seeder.bridge_sacks_bundled == acks["sack+data"]
+        # the last request gets no answer: its SACK goes alone once the delay is over
+        alone = acks["sack"]
+        started = time.monotonic()
+        await b.write(b"unanswered")
+        async with asyncio.timeout(WAIT):
+            await rtc_pair.read_exactly(a, 10, WAIT)
+            while leecher._sent_queue:
+                await asyncio.sleep(0.002)
+        assert acks["sack"] == alone + 1
+        assert SACK_DELAY * 0.5 < time.monotonic() - started < 0.9  # aiortc's T3 timer fires at 1 s at the soonest
+    finally:
         await close(a, b)
 
 

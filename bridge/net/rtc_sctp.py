@@ -99,6 +99,10 @@ _PACK_CRC = struct.Struct("<L").pack
 _PACK_COMMON = struct.Struct("!HHL").pack
 _UNPACK_TAG = struct.Struct("!L").unpack_from
 _UNPACK_CRC = struct.Struct("<L").unpack_from
+_UNPACK_CHUNK = struct.Struct("!BBH").unpack_from
+_UNPACK_DATA = struct.Struct("!LHHL").unpack_from
+#: The chunk types the lean receive path takes (DATA, SACK), with the least length of each.
+_FAST_CHUNKS = {0: SCTP_DATA_CHUNK_HEADER_LENGTH + 1, 3: 16}
 _PADDING = (b"", b"\0\0\0", b"\0\0", b"\0")
 #: The largest DTLS record one SCTP packet becomes (aiortc's packets are at most 1,200 bytes).
 _RECORD_MAX = 1500
@@ -437,31 +441,79 @@ class LeanSctpTransport(BridgeSctpTransport):
 
         return recv_next
 
-    def _bridge_lone_sack(self, data: bytes) -> SackChunk | None:
-        """The SACK if ``data`` is a packet for us holding one SACK chunk and nothing else (the usual packet
-        a sender receives); None for anything else, which aiortc's parser then handles."""
-        if len(data) < 28 or data[12] != 3:
-            return None
-        length = (data[14] << 8) | data[15]
-        if 12 + length != len(data) or _UNPACK_TAG(data, 4)[0] != self._local_verification_tag:
+    def _bridge_chunks(self, data: bytes) -> list[tuple[int, int, int, int]] | None:
+        """``(type, flags, body start, body end)`` of each chunk if ``data`` is a packet for us, its checksum
+        is right, and it holds DATA and SACK chunks only (what flows once a data channel is open); None for
+        anything else, which aiortc's parser then handles (and drops, where it must)."""
+        size = len(data)
+        if size < 16 or _UNPACK_TAG(data, 4)[0] != self._local_verification_tag:
             return None
         if _crc32c(data[:8] + b"\0\0\0\0" + data[12:]) != _UNPACK_CRC(data, 8)[0]:
             return None
-        return SackChunk(flags=data[13], body=data[16:])
+        chunks = []
+        pos = 12
+        while pos + 4 <= size:
+            kind, flags, length = _UNPACK_CHUNK(data, pos)
+            # a DATA chunk holds at least one byte (RFC 9260 section 3.3.1), a SACK its 12-byte body
+            if kind not in _FAST_CHUNKS or length < _FAST_CHUNKS[kind] or pos + length > size:
+                return None
+            chunks.append((kind, flags, pos + 4, pos + length))
+            pos += (length + 3) & ~3
+        return chunks
 
     async def _handle_data(self, data: bytes) -> None:
         if not self._bridge_rx_ready:
             self._bridge_setup_rx()
         try:
-            sack = self._bridge_lone_sack(data)
-            if sack is None:
+            chunks = self._bridge_chunks(data)
+            if chunks is None:
                 await RTCSctpTransport._handle_data(self, data)
                 return
-            await self._receive_sack_chunk(sack)
+            for kind, flags, start, end in chunks:
+                if kind == 3:
+                    await self._receive_sack_chunk(SackChunk(flags=flags, body=data[start:end]))
+                elif not await self._bridge_data_in_order(flags, data, start, end):
+                    await self._receive_data_chunk(DataChunk(flags=flags, body=data[start:end]))
             if self._sack_needed:
                 await self._send_sack()
         except _MALFORMED as exc:
             raise _malformed(exc) from None
+
+    async def _bridge_data_in_order(self, flags: int, data: bytes, start: int, end: int) -> bool:
+        """Take a DATA chunk the way aiortc's _receive_data_chunk would, in the usual case only: the next TSN,
+        nothing out of order or duplicated, an ordered stream, the next fragment of the message in progress
+        (or the first of the next one). False, having changed nothing, for anything else (aiortc's then)."""
+        tsn, stream_id, stream_seq, protocol = _UNPACK_DATA(data, start)
+        if ((tsn - self._last_received_tsn) % TSN_MODULO != 1 or self._sack_misordered or self._sack_duplicates
+                or flags & SCTP_DATA_UNORDERED or self._reconfig_deferred is not None):
+            return False
+        stream = self._inbound_streams.get(stream_id)
+        if stream is None:
+            stream = self._get_inbound_stream(stream_id)
+        held = stream.reassembly
+        if bool(flags & SCTP_DATA_FIRST_FRAG) == bool(held) or stream_seq != stream.sequence_number:
+            return False
+        if held and not (held[0].flags & SCTP_DATA_FIRST_FRAG and held[0].stream_seq == stream_seq
+                         and (tsn - held[0].tsn) % TSN_MODULO == len(held)):
+            return False  # what is held is not this message's fragments so far, all of them in a row
+        self._last_received_tsn = tsn
+        self._sack_needed = True
+        user_data = data[start + 12 : end]
+        if not flags & SCTP_DATA_LAST_FRAG:
+            chunk = object.__new__(DataChunk)
+            chunk.__dict__ = {"flags": flags, "tsn": tsn, "stream_id": stream_id, "stream_seq": stream_seq,
+                              "protocol": protocol, "user_data": user_data}
+            held.append(chunk)
+            self._advertised_rwnd -= len(user_data)
+            return True
+        if held:
+            before = sum(len(c.user_data) for c in held)
+            user_data = b"".join([c.user_data for c in held] + [user_data])
+            stream.reassembly = []
+            self._advertised_rwnd += before
+        stream.sequence_number = (stream_seq + 1) & 0xFFFF
+        await self._data_channel_receive(stream_id, protocol, user_data)
+        return True
 
     # -------------------------------------------------------------------------------- our SACKs
     async def _send_sack(self) -> None:
@@ -790,8 +842,9 @@ def install(pc: RTCPeerConnection) -> bool:
 _LEAN_SCTP_STATE = ("_outbound_queue", "_outbound_stream_seq", "_local_tsn", "_flight_size", "_cwnd", "_partial_bytes_acked", "_advanced_peer_ack_tsn",
                     "_forward_tsn_streams", "_reconfig_queue", "_local_verification_tag",
                     "_fast_recovery_exit", "_fast_recovery_transmit", "_forward_tsn_chunk", "_t3_handle", "_association_state",
+                    "_inbound_streams", "_reconfig_deferred",
                     "_loop", "_rto", "_local_port", "_remote_port", "_remote_verification_tag")
-_LEAN_SCTP_METHODS = ("_receive_forward_tsn_chunk", "_t3_start", "_t3_cancel", "_t3_expired", "_update_rto", "_maybe_abandon",
+_LEAN_SCTP_METHODS = ("_receive_forward_tsn_chunk", "_get_inbound_stream", "_t3_start", "_t3_cancel", "_t3_expired", "_update_rto", "_maybe_abandon",
                       "_update_advanced_peer_ack_point", "_data_channel_flush", "_transmit")
 
 

@@ -432,6 +432,84 @@ def test_lean_send_makes_aiortcs_chunks(size: int, ordered: bool, tsn: int, stre
     assert queues[0] == queues[1]
 
 
+def _receiver(cls: type, tsn: int) -> tuple[Any, list[tuple[int, int, bytes]]]:
+    """An SCTP transport object with only what receiving DATA touches (no association, no SACKs sent), and
+    the list its messages are delivered to."""
+    t = object.__new__(cls)
+    t._local_verification_tag = 0x1234
+    t._last_received_tsn = tsn
+    t._sack_misordered, t._sack_duplicates, t._inbound_streams = set(), [], {}
+    t._reconfig_deferred, t._advertised_rwnd, t._sack_needed = None, 1 << 20, False
+    t._data_channels, t.bridge_dropped_chunks, t._bridge_rx_ready = {}, 0, True
+    t._RTCSctpTransport__log_debug = lambda *args: None
+    got: list[tuple[int, int, bytes]] = []
+
+    async def deliver(stream_id: int, pp_id: int, data: bytes) -> None:
+        got.append((stream_id, pp_id, data))
+
+    async def no_sack() -> None:
+        t._sack_needed = False
+
+    t._data_channel_receive, t._send_sack = deliver, no_sack
+    return t, got
+
+
+def _receive_state(t: Any) -> Any:
+    streams = {i: (s.sequence_number, [(c.tsn, c.flags, c.user_data) for c in s.reassembly])
+               for i, s in t._inbound_streams.items()}
+    return (t._last_received_tsn, sorted(t._sack_misordered), sorted(t._sack_duplicates), t._advertised_rwnd,
+            streams)
+
+
+@given(messages=st.lists(st.tuples(st.sampled_from([1, 3]), st.booleans(), st.integers(1, 3000)), min_size=1,
+                         max_size=8),
+       order=st.lists(st.integers(0, 60), max_size=80), bundle=st.booleans(),
+       tsn=st.integers((1 << 32) - 8, (1 << 32) - 1), skewed=st.sets(st.integers(0, 30), max_size=3))
+def test_lean_receive_keeps_aiortcs_state(messages: list[tuple[int, bool, int]], order: list[int], bundle: bool,
+                                          tsn: int, skewed: set[int]) -> None:
+    """The lean receive path (in-order DATA taken without aiortc's parser and reassembly) delivers the same
+    messages and leaves the same state as aiortc's own, chunk for chunk, whatever order the chunks come in
+    (shuffled, repeated, some never), across the 2**32 TSN wrap, bundled two to a packet or not, and with
+    a few chunks carrying a stream sequence number out of turn (a broken peer)."""
+    chunks: list[DataChunk] = []
+    seqs = {1: 0, 3: 0}
+    next_tsn = tsn + 1
+    for stream_id, ordered, size in messages:
+        data = os.urandom(size)
+        pieces = [data[i : i + 1000] for i in range(0, size, 1000)]
+        for n, piece in enumerate(pieces):
+            c = DataChunk(flags=(0 if ordered else SCTP_DATA_UNORDERED) | (SCTP_DATA_FIRST_FRAG if n == 0 else 0)
+                          | (SCTP_DATA_LAST_FRAG if n == len(pieces) - 1 else 0))
+            c.tsn, c.stream_id, c.stream_seq, c.protocol = next_tsn % (1 << 32), stream_id, seqs[stream_id], 53
+            c.user_data = piece
+            if len(chunks) in skewed:
+                c.stream_seq = (c.stream_seq + 1) % 65536
+            chunks.append(c)
+            next_tsn += 1
+        if ordered:
+            seqs[stream_id] += 1
+    # mostly in order (what the lean path takes), with the drawn indices as losses, repeats and reorderings
+    sequence = list(range(len(chunks)))
+    for k, i in enumerate(order):
+        if i < len(chunks):
+            sequence.insert(min(k * 2, len(sequence)), i)
+    step = 2 if bundle else 1
+    packets = [b"".join(bytes(chunks[i]) for i in sequence[p : p + step]) for p in range(0, len(sequence), step)]
+    lean, lean_got = _receiver(LeanSctpTransport, tsn)
+    plain, plain_got = _receiver(BridgeSctpTransport, tsn)
+
+    async def run() -> None:
+        for body in packets:
+            header = struct.pack("!HHL", 5000, 5000, 0x1234)
+            packet = header + struct.pack("<L", crc32c(header + b"\0\0\0\0" + body)) + body
+            await LeanSctpTransport._handle_data(lean, packet)
+            await RTCSctpTransport._handle_data(plain, packet)
+            assert _receive_state(lean) == _receive_state(plain)
+            assert lean_got == plain_got
+
+    asyncio.run(run())
+
+
 async def test_partial_reliability_on_the_lean_path(caplog: pytest.LogCaptureFixture) -> None:
     """An unordered channel with maxRetransmits=0 beside the main one, with chunks dropped: the lean SACK
     walk hands the lost chunks to aiortc's abandonment, FORWARD TSN skips them (through aiortc's own

@@ -15,7 +15,7 @@ ways that cost us, and buffers whatever DATA the peer sends:
 2. **Unbounded gap reports.** aiortc expands every gap block into a set of TSNs. A gap block is 16-bit
    and a packet can hold thousands of them, so one hostile SACK would build hundreds of millions of
    set entries. Here gap blocks that are out of order, or that reach past the last TSN we sent, are
-   dropped before aiortc sees them. The SACK's cumulative ack still counts.
+   dropped before the SACK is processed. The SACK's cumulative ack still counts.
 3. **No receive window.** aiortc keeps every DATA chunk that arrives out of order, however far ahead of
    the cumulative TSN, and re-sorts the set of out-of-order TSNs on every chunk. A peer that never sends
    the next TSN could make it buffer without limit, at a cost that grows with each chunk. Here a chunk
@@ -42,9 +42,10 @@ ways that cost us, and buffers whatever DATA the peer sends:
    blocks (those nearest the cumulative TSN, which matter first; the rest come in later SACKs) and
    MAX_SACK_DUPLICATES duplicates, ordered across the 2**32 wrap-around.
 
-Fixes 1-5 and 7 work by wrapping aiortc's own methods (the chunk is sent, the SACK is processed by aiortc). On top
-of them, :class:`LeanSctpTransport` replaces the sending hot path (new DATA chunks, SACK processing, the T3
-timer's restarts) with straight-line code that keeps aiortc's state and algorithms: aiortc spent about
+Fixes 2-5 and 7 wrap aiortc's own methods. Fix 1 is part of :meth:`BridgeSctpTransport._receive_sack_chunk`,
+which processes a SACK in one walk of the sent queue, on aiortc's state and as aiortc does otherwise. On top
+of them, :class:`LeanSctpTransport` replaces the rest of the hot path (new DATA chunks, in-order DATA
+received, the T3 timer's restarts) with straight-line code that keeps aiortc's state and algorithms: aiortc spent about
 40 us of Python per DATA packet, which limited a data channel more than the network did. It also delays
 the SACKs it sends, as RFC 9260 section 6.2 describes, and bundles them into its DATA packets where they
 fit; aiortc sends one SACK packet for every packet of DATA it receives.
@@ -58,12 +59,11 @@ path's (aiortc's, aioice's or pyOpenSSL's) are missing, the transport gets the f
 from __future__ import annotations
 
 import asyncio
-import bisect
 import itertools
 import logging
 import struct
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from aiortc import RTCPeerConnection, rtcsctptransport
@@ -106,9 +106,6 @@ _FAST_CHUNKS = {0: SCTP_DATA_CHUNK_HEADER_LENGTH + 1, 3: 16}
 _PADDING = (b"", b"\0\0\0", b"\0\0", b"\0")
 #: The largest DTLS record one SCTP packet becomes (aiortc's packets are at most 1,200 bytes).
 _RECORD_MAX = 1500
-#: A miss count that three more misses cannot bring to aiortc's retransmit threshold (3): set on a chunk
-#: for the duration of one SACK, then the chunk's real count is put back.
-_HELD = -(1 << 30)
 _OPEN = bytes([DATA_CHANNEL_OPEN])
 
 #: Out-of-order DATA chunks kept at most this many TSNs past the cumulative TSN. 1,024 full chunks are
@@ -134,11 +131,14 @@ MAX_DATA_CHANNELS = 8
 #: asserts there is none): the peer is broken or hostile, so the association ends.
 _MALFORMED = (struct.error, AssertionError, IndexError, KeyError, ValueError, TypeError, OverflowError)
 
-#: aiortc internals the wrappers read; install() checks they exist first.
+#: aiortc internals the fixes use (the SACK walk keeps aiortc's sender state); install() checks they exist.
 _NEEDED_METHODS = ("_send_chunk", "_handle_data", "_receive_sack_chunk", "_receive_data_chunk",
-                   "_data_channel_receive", "_send_sack")
+                   "_data_channel_receive", "_send_sack", "_update_rto", "_maybe_abandon", "_t3_cancel",
+                   "_t3_restart", "_update_advanced_peer_ack_point", "_data_channel_flush", "_transmit")
 _NEEDED_STATE = ("_sent_queue", "_last_sacked_tsn", "_last_received_tsn", "_advertised_rwnd", "_sack_needed",
-                 "_data_channels", "_sack_misordered", "_sack_duplicates")
+                 "_data_channels", "_sack_misordered", "_sack_duplicates", "_flight_size", "_cwnd",
+                 "_partial_bytes_acked", "_fast_recovery_exit", "_fast_recovery_transmit",
+                 "_advanced_peer_ack_tsn", "_forward_tsn_streams", "_outbound_queue")
 
 
 def _tsn_offset(tsn: int, base: int) -> int:
@@ -180,34 +180,6 @@ def valid_gaps(gaps: Sequence[tuple[int, int]], reach: int) -> bool:
     return True
 
 
-def _received(offset: int, starts: list[int], gaps: Sequence[tuple[int, int]]) -> bool:
-    i = bisect.bisect_right(starts, offset) - 1
-    return i >= 0 and offset <= gaps[i][1]
-
-
-def stale_misses(queue: Iterable[Any], cumulative_tsn: int, gaps: Sequence[tuple[int, int]]) -> list[Any]:
-    """The chunks of ``queue`` (sent chunks, in TSN order, each with ``tsn``, ``_acked`` and
-    ``_bridge_sent``, the order of its latest transmission) that a SACK reports missing but must not be
-    struck: their latest transmission came after that of the highest TSN the SACK newly acknowledges, so
-    the SACK cannot know whether it arrived.
-
-    ``gaps`` must have passed :func:`valid_gaps`."""
-    if not gaps:
-        return []
-    starts = [start for start, _ in gaps]
-    chunks = list(queue)
-    received = [_received(_tsn_offset(c.tsn, cumulative_tsn), starts, gaps) for c in chunks]
-    newest = -1
-    for i, chunk in enumerate(chunks):
-        if received[i] and not chunk._acked:
-            newest = i
-    if newest < 0:
-        return []
-    limit = getattr(chunks[newest], "_bridge_sent", 0)
-    return [c for c, got in zip(chunks[:newest], received, strict=False)
-            if not got and getattr(c, "_bridge_sent", 0) > limit]
-
-
 def data_packet(header: bytes, header_crc: int, chunk: DataChunk, control: bytes = b"") -> bytes:
     """An SCTP packet holding one DATA chunk, as aiortc's serialize_packet makes it: ``header`` is the
     packet's common header without its checksum (ports and verification tag), ``header_crc`` the CRC32c
@@ -235,6 +207,10 @@ class BridgeSctpTransport(RTCSctpTransport):
     _bridge_sends: itertools.count[int]
     #: DATA chunks dropped by the receive limits (see MAX_RECEIVE_AHEAD).
     bridge_dropped_chunks: int
+    #: A chunk is marked for retransmission (the lean sender then takes aiortc's own path).
+    _bridge_rtx: bool
+    #: The peer's receive window left, from its last SACK less what was sent since (None before one).
+    _bridge_rwnd: int | None
 
     async def _handle_data(self, data: bytes) -> None:
         try:
@@ -303,21 +279,114 @@ class BridgeSctpTransport(RTCSctpTransport):
             chunk.gaps = []
 
     async def _receive_sack_chunk(self, chunk: SackChunk) -> None:
-        queue = self._sent_queue
+        """aiortc's SACK processing in one walk of the sent queue: the cumulative ack, the gap blocks (checked
+        first, see :meth:`_bridge_check_gaps`, and with the HTNA rule per transmission, fix 1), the peer's
+        receive window (kept for the lean sender) and the congestion window, as aiortc adjusts it."""
         cumulative = chunk.cumulative_tsn
-        held: list[tuple[Any, int]] = []
-        if chunk.gaps and _tsn_offset(cumulative, self._last_sacked_tsn) < _HALF:
+        if 0 < (self._last_sacked_tsn - cumulative) % TSN_MODULO < _HALF:
+            return  # older than one already processed
+        queue: Any = self._sent_queue  # of DataChunks with the attributes aiortc and we add
+        if chunk.gaps:
             self._bridge_check_gaps(chunk)
-            if chunk.gaps:
-                for stale in stale_misses(queue, cumulative, chunk.gaps):
-                    held.append((stale, stale._misses))
-                    stale._misses = _HELD
-        try:
-            await super()._receive_sack_chunk(chunk)
-        finally:
-            for stale, misses in held:
-                if stale._misses < 0:
-                    stale._misses = misses
+        gaps = chunk.gaps
+        received_time = time.time()
+        self._last_sacked_tsn = cumulative
+        cwnd_fully_utilized = self._flight_size >= self._cwnd
+        flight = self._flight_size
+        done = done_bytes = 0
+
+        # chunks up to the cumulative TSN
+        c: Any
+        while queue and (cumulative - queue[0].tsn) % TSN_MODULO < _HALF:
+            c = queue.popleft()
+            done += 1
+            if not c._acked:
+                done_bytes += c._book_size
+            if c._in_flight:
+                c._in_flight = False
+                flight -= c._book_size
+            if done == 1 and c._sent_count == 1:
+                self._update_rto(received_time - c._sent_time)
+
+        # chunks the gap blocks report received, and the highest newly acknowledged one (HTNA)
+        loss = False
+        if gaps:
+            last_offset = gaps[-1][1]
+            received: list[bool] = []
+            newest = -1
+            g = 0
+            for i, c in enumerate(queue):
+                offset = (c.tsn - cumulative) % TSN_MODULO
+                if offset > last_offset:
+                    break
+                while gaps[g][1] < offset:
+                    g += 1
+                got = gaps[g][0] <= offset
+                received.append(got)
+                if got:
+                    if not c._acked:
+                        done_bytes += c._book_size
+                        c._acked = True
+                        newest = i
+                    if c._in_flight:
+                        c._in_flight = False
+                        flight -= c._book_size
+            if newest > 0:
+                # Strike the chunks before it that are still missing, unless they were (re)sent after it. (A
+                # chunk abandoned before it was ever sent has no _bridge_sent.)
+                limit = getattr(queue[newest], "_bridge_sent", 0)
+                for c, got in zip(itertools.islice(queue, newest), received, strict=False):
+                    if got or getattr(c, "_bridge_sent", 0) > limit:
+                        continue
+                    c._misses += 1
+                    if c._misses == 3:
+                        c._misses = 0
+                        self._flight_size = flight
+                        if not self._maybe_abandon(c):
+                            c._retransmit = True
+                            self._bridge_rtx = True
+                        flight = self._flight_size
+                        c._acked = False
+                        if c._in_flight:
+                            c._in_flight = False
+                            flight -= c._book_size
+                        loss = True
+        self._flight_size = flight
+        # What the peer can still take: its advertised window less what is still outstanding (section 6.2.1).
+        self._bridge_rwnd = chunk.advertised_rwnd - flight
+
+        # the congestion window, as aiortc adjusts it
+        if self._fast_recovery_exit is None:
+            if done and cwnd_fully_utilized:
+                if self._cwnd <= self._ssthresh:
+                    self._cwnd += min(done_bytes, USERDATA_MAX_LENGTH)
+                else:
+                    self._partial_bytes_acked += done_bytes
+                    if self._partial_bytes_acked >= self._cwnd:
+                        self._partial_bytes_acked -= self._cwnd
+                        self._cwnd += USERDATA_MAX_LENGTH
+            if loss:
+                self._ssthresh = max(self._cwnd // 2, 4 * USERDATA_MAX_LENGTH)
+                self._cwnd = self._ssthresh
+                self._partial_bytes_acked = 0
+                self._fast_recovery_exit = queue[-1].tsn
+                self._fast_recovery_transmit = True
+        elif (cumulative - self._fast_recovery_exit) % TSN_MODULO < _HALF:
+            self._fast_recovery_exit = None
+
+        if not queue:
+            self._t3_cancel()
+        elif done:
+            self._t3_restart()
+        advanced = self._advanced_peer_ack_tsn
+        out = self._outbound_queue
+        if (self._forward_tsn_streams or (queue and queue[0]._abandoned) or (out and out[0]._abandoned)
+                or 0 < (advanced - cumulative) % TSN_MODULO < _HALF):
+            self._update_advanced_peer_ack_point()  # partial reliability at work
+        elif advanced != cumulative:
+            self._advanced_peer_ack_tsn = cumulative  # all the above would do without it
+        await self._data_channel_flush()
+        await self._transmit()
 
 
 class LeanSctpTransport(BridgeSctpTransport):
@@ -331,8 +400,8 @@ class LeanSctpTransport(BridgeSctpTransport):
       extended from the common header's, encrypted with one SSL_write and read back with one BIO_read into
       a reused buffer, and handed to the ICE pair's socket, with no coroutine per layer. Retransmissions,
       FORWARD TSN and everything else still go through aiortc's own ``_transmit``;
-    - a SACK is processed in one walk of the sent queue: the cumulative ack, the gap blocks (with the
-      per-transmission HTNA rule above, and the same checks), the congestion window, as aiortc does it;
+    - a packet of DATA and SACK chunks is parsed in one pass, and an in-order DATA chunk (the usual one) is
+      taken without aiortc's parser and reassembly;
     - the T3 retransmission timer is restarted by moving a deadline, not by cancelling and scheduling a
       timer on every SACK; the timer re-arms itself for the rest when it fires early;
     - new data stays within the peer's advertised receive window, which aiortc does not look at;
@@ -344,13 +413,10 @@ class LeanSctpTransport(BridgeSctpTransport):
       halves the SACKs we send.
     """
 
-    _bridge_rtx: bool
     _bridge_t3_deadline: float
     _bridge_buf: Any
     _bridge_rx_ready: bool
     _bridge_headers: tuple[tuple[int, int | None, int], bytes, int] | None
-    #: The peer's receive window left, from its last SACK less what was sent since (None before one).
-    _bridge_rwnd: int | None
     #: Packets of the peer's DATA received since our last SACK; the timer that sends the SACK owed for one.
     _bridge_sack_owed: int
     _bridge_sack_timer: asyncio.TimerHandle | None
@@ -689,114 +755,6 @@ class LeanSctpTransport(BridgeSctpTransport):
         self._bridge_rtx = True
         super()._t3_expired()
 
-    # -------------------------------------------------------------------------------- SACKs
-    async def _receive_sack_chunk(self, chunk: SackChunk) -> None:
-        cumulative = chunk.cumulative_tsn
-        if 0 < (self._last_sacked_tsn - cumulative) % TSN_MODULO < _HALF:
-            return  # older than one already processed
-        queue: Any = self._sent_queue  # of DataChunks with the attributes aiortc and we add
-        if chunk.gaps:
-            self._bridge_check_gaps(chunk)
-        gaps = chunk.gaps
-        received_time = time.time()
-        self._last_sacked_tsn = cumulative
-        cwnd_fully_utilized = self._flight_size >= self._cwnd
-        flight = self._flight_size
-        done = done_bytes = 0
-
-        # chunks up to the cumulative TSN
-        c: Any
-        while queue and (cumulative - queue[0].tsn) % TSN_MODULO < _HALF:
-            c = queue.popleft()
-            done += 1
-            if not c._acked:
-                done_bytes += c._book_size
-            if c._in_flight:
-                c._in_flight = False
-                flight -= c._book_size
-            if done == 1 and c._sent_count == 1:
-                self._update_rto(received_time - c._sent_time)
-
-        # chunks the gap blocks report received, and the highest newly acknowledged one (HTNA)
-        loss = False
-        if gaps:
-            last_offset = gaps[-1][1]
-            received: list[bool] = []
-            newest = -1
-            g = 0
-            for i, c in enumerate(queue):
-                offset = (c.tsn - cumulative) % TSN_MODULO
-                if offset > last_offset:
-                    break
-                while gaps[g][1] < offset:
-                    g += 1
-                got = gaps[g][0] <= offset
-                received.append(got)
-                if got:
-                    if not c._acked:
-                        done_bytes += c._book_size
-                        c._acked = True
-                        newest = i
-                    if c._in_flight:
-                        c._in_flight = False
-                        flight -= c._book_size
-            if newest > 0:
-                # Strike the chunks before it that are still missing, unless they were (re)sent after it. (A
-                # chunk abandoned before it was ever sent has no _bridge_sent.)
-                limit = getattr(queue[newest], "_bridge_sent", 0)
-                for c, got in zip(itertools.islice(queue, newest), received, strict=False):
-                    if got or getattr(c, "_bridge_sent", 0) > limit:
-                        continue
-                    c._misses += 1
-                    if c._misses == 3:
-                        c._misses = 0
-                        self._flight_size = flight
-                        if not self._maybe_abandon(c):
-                            c._retransmit = True
-                            self._bridge_rtx = True
-                        flight = self._flight_size
-                        c._acked = False
-                        if c._in_flight:
-                            c._in_flight = False
-                            flight -= c._book_size
-                        loss = True
-        self._flight_size = flight
-        # What the peer can still take: its advertised window less what is still outstanding (section 6.2.1).
-        self._bridge_rwnd = chunk.advertised_rwnd - flight
-
-        # the congestion window, as aiortc adjusts it
-        if self._fast_recovery_exit is None:
-            if done and cwnd_fully_utilized:
-                if self._cwnd <= self._ssthresh:
-                    self._cwnd += min(done_bytes, USERDATA_MAX_LENGTH)
-                else:
-                    self._partial_bytes_acked += done_bytes
-                    if self._partial_bytes_acked >= self._cwnd:
-                        self._partial_bytes_acked -= self._cwnd
-                        self._cwnd += USERDATA_MAX_LENGTH
-            if loss:
-                self._ssthresh = max(self._cwnd // 2, 4 * USERDATA_MAX_LENGTH)
-                self._cwnd = self._ssthresh
-                self._partial_bytes_acked = 0
-                self._fast_recovery_exit = queue[-1].tsn
-                self._fast_recovery_transmit = True
-        elif (cumulative - self._fast_recovery_exit) % TSN_MODULO < _HALF:
-            self._fast_recovery_exit = None
-
-        if not queue:
-            self._t3_cancel()
-        elif done:
-            self._t3_restart()
-        advanced = self._advanced_peer_ack_tsn
-        out = self._outbound_queue
-        if (self._forward_tsn_streams or (queue and queue[0]._abandoned) or (out and out[0]._abandoned)
-                or 0 < (advanced - cumulative) % TSN_MODULO < _HALF):
-            self._update_advanced_peer_ack_point()  # partial reliability at work
-        elif advanced != cumulative:
-            self._advanced_peer_ack_tsn = cumulative  # all the above would do without it
-        await self._data_channel_flush()
-        await self._transmit()
-
     async def _data_channel_flush(self) -> None:
         if self._outbound_queue and not self._reconfig_queue:
             return  # aiortc would move no message (the outbound queue is not empty) and reset no stream
@@ -821,13 +779,13 @@ def install(pc: RTCPeerConnection) -> bool:
         return False
     sctp._bridge_sends = itertools.count(1)  # type: ignore[attr-defined]
     sctp.bridge_dropped_chunks = 0  # type: ignore[attr-defined]
+    sctp._bridge_rtx = False  # type: ignore[attr-defined]
+    sctp._bridge_rwnd = None  # type: ignore[attr-defined]
     if _lean_fits(sctp):
-        sctp._bridge_rtx = False  # type: ignore[attr-defined]
         sctp._bridge_t3_deadline = 0.0  # type: ignore[attr-defined]
         sctp._bridge_buf = _ffi.new("char[]", _RECORD_MAX)  # type: ignore[attr-defined]
         sctp._bridge_rx_ready = False  # type: ignore[attr-defined]
         sctp._bridge_headers = None  # type: ignore[attr-defined]
-        sctp._bridge_rwnd = None  # type: ignore[attr-defined]
         sctp._bridge_sack_owed = 0  # type: ignore[attr-defined]
         sctp._bridge_sack_timer = None  # type: ignore[attr-defined]
         sctp._bridge_sack_now = False  # type: ignore[attr-defined]
@@ -839,13 +797,10 @@ def install(pc: RTCPeerConnection) -> bool:
 
 
 #: aiortc, aioice and pyOpenSSL internals the lean path uses; without them the transport gets the fixes only.
-_LEAN_SCTP_STATE = ("_outbound_queue", "_outbound_stream_seq", "_local_tsn", "_flight_size", "_cwnd", "_partial_bytes_acked", "_advanced_peer_ack_tsn",
-                    "_forward_tsn_streams", "_reconfig_queue", "_local_verification_tag",
-                    "_fast_recovery_exit", "_fast_recovery_transmit", "_forward_tsn_chunk", "_t3_handle", "_association_state",
-                    "_inbound_streams", "_reconfig_deferred",
-                    "_loop", "_rto", "_local_port", "_remote_port", "_remote_verification_tag")
-_LEAN_SCTP_METHODS = ("_receive_forward_tsn_chunk", "_get_inbound_stream", "_t3_start", "_t3_cancel", "_t3_expired", "_update_rto", "_maybe_abandon",
-                      "_update_advanced_peer_ack_point", "_data_channel_flush", "_transmit")
+_LEAN_SCTP_STATE = ("_outbound_stream_seq", "_local_tsn", "_reconfig_queue", "_local_verification_tag",
+                    "_forward_tsn_chunk", "_t3_handle", "_association_state", "_inbound_streams",
+                    "_reconfig_deferred", "_rto", "_local_port", "_remote_port", "_remote_verification_tag")
+_LEAN_SCTP_METHODS = ("_receive_forward_tsn_chunk", "_get_inbound_stream", "_t3_start", "_t3_expired")
 
 
 _LEAN_OPENSSL = ("SSL_write", "SSL_read", "BIO_read", "BIO_write", "SSL_get_error", "ERR_clear_error",
@@ -874,4 +829,4 @@ def _lean_fits(sctp: RTCSctpTransport) -> bool:
 
 
 __all__ = ["decode_params", "install_params_guard", "MAX_DATA_CHANNELS", "MAX_RECEIVE_AHEAD", "MAX_SACK_DUPLICATES", "MAX_SACK_GAPS", "BridgeSctpTransport", "LeanSctpTransport", "data_packet", "install",
-           "stale_misses", "valid_gaps"]
+           "valid_gaps"]

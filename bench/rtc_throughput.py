@@ -134,6 +134,25 @@ async ([magnet, announce, memory]) => {
     close (cb) { if (cb) queueMicrotask(() => cb(null)) }
     destroy (cb) { this.chunks = []; if (cb) queueMicrotask(() => cb(null)) }
   }
+  // Count the page's data-channel messages, both ways (whichever side offered): WebTorrent's work grows
+  // with the number of messages it handles, not only with the bytes.
+  const dc = window.benchDc = { received: 0, receivedBytes: 0, sent: 0 }
+  if (!window.benchDcHooked) {  // on the prototype: WebTorrent (simple-peer) sets onmessage and calls send
+    window.benchDcHooked = true
+    const proto = RTCDataChannel.prototype
+    const onmessage = Object.getOwnPropertyDescriptor(proto, 'onmessage')
+    Object.defineProperty(proto, 'onmessage', {
+      configurable: true,
+      get () { return onmessage.get.call(this) },
+      set (handler) {
+        onmessage.set.call(this, handler && (e => {
+          window.benchDc.received++; window.benchDc.receivedBytes += e.data.byteLength || 0; return handler(e)
+        }))
+      }
+    })
+    const send = proto.send
+    proto.send = function (data) { window.benchDc.sent++; return send.call(this, data) }
+  }
   const client = window.client
   const t = { add: performance.now(), wire: null, first: null, done: null }
   return await new Promise((resolve, reject) => {
@@ -143,7 +162,7 @@ async ([magnet, announce, memory]) => {
     torrent.on('error', e => reject(String(e)))
     torrent.on('wire', () => { if (t.wire === null) t.wire = performance.now() })
     torrent.on('download', () => { if (t.first === null) t.first = performance.now() })
-    torrent.on('done', () => { t.done = performance.now(); resolve({ t, peers: torrent.numPeers }) })
+    torrent.on('done', () => { t.done = performance.now(); resolve({ t, peers: torrent.numPeers, dc }) })
   })
 }
 """
@@ -171,6 +190,7 @@ class Result:
     seeder_cpu_s: float | None = None  # CPU seconds over the same window
     browser_cpu: float | None = None
     udp_drops: int | None = None  # datagrams dropped for a full receive buffer (namespace only)
+    dc: dict[str, int] | None = None  # the page's data-channel messages: received, receivedBytes, sent
 
     def cpu_text(self, python_side: str) -> str:
         return f"{python_side} {fmt(self.seeder_cpu, '.0f')}%, browser {fmt(self.browser_cpu, '.0f')}%"
@@ -351,7 +371,7 @@ async def page_download(ctx: Context, method: str, tracker: str, seeder: Child) 
         seeder_cpu=100 * (seeder1 - seeder0) / wall if seeder0 is not None and seeder1 is not None else None,
         seeder_cpu_s=seeder1 - seeder0 if seeder0 is not None and seeder1 is not None else None,
         browser_cpu=100 * cpu_delta(browser0, browser1) / wall,
-        udp_drops=drops if ctx.netns else None,
+        udp_drops=drops if ctx.netns else None, dc=out.get("dc"),
     )
 
 
@@ -574,7 +594,9 @@ async def main_async(args: argparse.Namespace, host: str, methods: list[str], no
                              f"after {r.wire_s:.2f} s, first block after {r.setup_s:.2f} s)"
                              if r.total_s is not None else "")
                           + f", {r.cpu_text(PYTHON_SIDE[m])}, UDP drops {fmt(r.udp_drops, 'd')}, "
-                          f"data {'OK' if r.ok else 'WRONG'}", file=sys.stderr)
+                          + (f"page got {r.dc['received']} messages (mean {r.dc['receivedBytes'] // max(1, r.dc['received'])}"
+                             f" B) and sent {r.dc['sent']}, " if r.dc else "")
+                          + f"data {'OK' if r.ok else 'WRONG'}", file=sys.stderr)
                 if "bridge" in methods and "raw" in methods:
                     b, w = results["bridge"][-1], results["raw"][-1]
                     print(f"  run {i + 1} bridge / raw aiortc -> Chromium: {w.first_s / b.first_s:.2f}",

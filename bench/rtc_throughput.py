@@ -34,6 +34,7 @@ hold against it. The page checks SHA-256 of what it stored.
     python bench/rtc_throughput.py --only bridge,raw --size-mib 32
     python bench/rtc_throughput.py --profile /tmp/bridge.prof   # the bridge seeder under cProfile
     python bench/rtc_throughput.py --page-store default   # WebTorrent's own (OPFS) store in the page
+    python bench/rtc_throughput.py --only bridge,libtorrent --page-profile /tmp/page   # the page's JavaScript
 
 This is a benchmark, not a test: it fails only when data arrives wrong or not at all.
 """
@@ -195,6 +196,19 @@ class Result:
 
     def cpu_text(self, python_side: str) -> str:
         return f"{python_side} {fmt(self.seeder_cpu, '.0f')}%, browser {fmt(self.browser_cpu, '.0f')}%"
+
+
+def profile_top(profile: dict[str, Any], n: int = 15) -> str:
+    """The functions of a Chrome DevTools CPU profile with the most self time, as text lines."""
+    nodes = {node["id"]: node for node in profile["nodes"]}
+    self_us: dict[str, float] = {}
+    for sample, delta in zip(profile["samples"], profile["timeDeltas"], strict=False):
+        frame = nodes[sample]["callFrame"]
+        where = f"{frame['functionName'] or '(anonymous)'} {frame['url'].rsplit('/', 1)[-1]}:{frame['lineNumber'] + 1}"
+        self_us[where] = self_us.get(where, 0.0) + delta
+    total = sum(self_us.values()) or 1.0
+    top = sorted(self_us.items(), key=lambda kv: -kv[1])[:n]
+    return "\n".join(f"    {100 * us / total:5.1f}%  {us / 1000:8.1f} ms  {where}" for where, us in top)
 
 
 def same_run(results: dict[str, list[Result]], method: str, reference: str) -> str:
@@ -369,11 +383,23 @@ async def start_tracker(children: Children, host: str) -> tuple[Child, str]:
 async def page_download(ctx: Context, method: str, tracker: str, seeder: Child) -> Result:
     async with ctx.wt.page(ctx.args.timeout) as page:
         drops0 = udp_rcvbuf_errors()
+        cdp = None
+        if ctx.args.page_profile:
+            cdp = await page.context.new_cdp_session(page)
+            await cdp.send("Profiler.enable")
+            await cdp.send("Profiler.setSamplingInterval", {"interval": 250})
+            await cdp.send("Profiler.start")
         seeder0, browser0 = seeder.cpu(), browser_cpu()
         wall0 = time.perf_counter()
         async with asyncio.timeout(ctx.args.timeout):
             out = await page.evaluate(DOWNLOAD_JS, [ctx.magnet, [tracker], ctx.args.page_store == "memory"])
         wall = time.perf_counter() - wall0
+        if cdp is not None:
+            profile = (await cdp.send("Profiler.stop"))["profile"]
+            path = f"{ctx.args.page_profile}-{method}.cpuprofile"
+            with open(path, "w") as f:
+                json.dump(profile, f)
+            print(f"  the page's JavaScript profile ({method}): {path}\n{profile_top(profile)}", file=sys.stderr)
         seeder1, browser1 = seeder.cpu(), browser_cpu()
         drops = udp_rcvbuf_errors() - drops0
         digests = await page.evaluate(HASH_JS)
@@ -676,6 +702,9 @@ def main() -> int:
                         "WebTorrent's own store (the Origin Private File System in Chromium)")
     p.add_argument("--lt-preset", choices=["high_performance_seed", "default"], default="high_performance_seed")
     p.add_argument("--profile", metavar="PATH", help="run the bridge seeder under cProfile, writing PATH")
+    p.add_argument("--page-profile", metavar="PREFIX",
+                   help="profile the WebTorrent page's JavaScript (DevTools CPU profiler) in each page run, "
+                        "writing PREFIX-METHOD.cpuprofile and printing the top functions by self time")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
     p.add_argument("--tmpdir", help="where to make the temporary directory")
     p.add_argument("--in-netns", action="store_true", help=argparse.SUPPRESS)
@@ -690,6 +719,8 @@ def main() -> int:
         p.error(f"unknown in --only: {', '.join(sorted(unknown))}")
     if args.profile:
         args.profile = os.path.abspath(args.profile)
+    if args.page_profile:
+        args.page_profile = os.path.abspath(args.page_profile)
 
     if args.in_netns:
         try:

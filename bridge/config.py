@@ -64,3 +64,11 @@ class SessionConfig:
     #: Download limit in bytes per second for the whole session, like ``upload_rate_limit``; 0 means
     #: unlimited.
     download_rate_limit: int = 0
+    #: The longest wait, in seconds, before a tracker that failed is tried again: an HTTP or UDP announce
+    #: round that no tracker answered, or a WebSocket tracker that dropped us or could not be reached. The
+    #: first retry comes 10-20 s after the failure, and the wait doubles with each one up to this.
+    tracker_retry_max: float = 600.0
+
+    def __post_init__(self) -> None:
+        if not self.tracker_retry_max >= 10:
+            raise ValueError("tracker_retry_max must be at least 10 seconds")

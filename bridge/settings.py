@@ -166,6 +166,9 @@ SPECS: tuple[Spec, ...] = (
          minimum=1, maximum=10_000),
     Spec("upload_rate_limit", "int", 0, "--upload-rate-limit", "upload limit in bytes/s (0: unlimited)"),
     Spec("download_rate_limit", "int", 0, "--download-rate-limit", "download limit in bytes/s (0: unlimited)"),
+    Spec("tracker_retry_max", "int", int(SessionConfig.tracker_retry_max), "--tracker-retry-max",
+         "longest wait in seconds before a tracker that failed is tried again (the first retry comes after "
+         "10-20 s)", minimum=10, maximum=86_400),
     Spec("log_format", "choice", "text", "--log-format", "log lines as text or JSON (one object per line)",
          choices=LOG_FORMATS),
 )
@@ -196,6 +199,7 @@ class Settings:
     max_peers: int
     upload_rate_limit: int
     download_rate_limit: int
+    tracker_retry_max: int
     log_format: str
     #: key -> "default", "env BRIDGE_X", "flag --x" or "file PATH"
     sources: Mapping[str, str]
@@ -208,6 +212,7 @@ class Settings:
             peer=PeerConfig(encryption=self.encryption, max_peers=self.max_peers), webrtc=self.webrtc,
             ice_servers=self.ice_servers, webrtc_hosts=self.webrtc_hosts,
             upload_rate_limit=self.upload_rate_limit, download_rate_limit=self.download_rate_limit,
+            tracker_retry_max=float(self.tracker_retry_max),
         )
 
     def to_toml(self) -> str:

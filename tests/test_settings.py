@@ -75,6 +75,7 @@ LAYERS = [
      ("udp://file.example:1",), ("http://env.example/a", "wss://env.example/b"), ("ws://flag.example/x",)),
     ("data_dir", '"/from/file"', "/from/env", "/from/flag", "/from/file", "/from/env", "/from/flag"),
     ("upload_rate_limit", "1000", "2000", "3000", 1000, 2000, 3000),
+    ("tracker_retry_max", "60", "120", "3600", 60, 120, 3600),
 ]
 
 
@@ -180,6 +181,7 @@ def test_log_format_of_other_commands() -> None:
     ("BRIDGE_WEBRTC_HOSTS", "127.0.0.1,eth0", "BRIDGE_WEBRTC_HOSTS: 'eth0': not an IP address"),
     ("BRIDGE_HOST", "a b", "BRIDGE_HOST=a b: not a host"),
     ("BRIDGE_LOG_FORMAT", "xml", "BRIDGE_LOG_FORMAT=xml: not one of text, json"),
+    ("BRIDGE_TRACKER_RETRY_MAX", "5", "BRIDGE_TRACKER_RETRY_MAX=5: not between 10 and 86400"),
 ])
 def test_bad_env_values_name_the_variable(var: str, value: str, message: str) -> None:
     with pytest.raises(SettingsError) as e:
@@ -285,7 +287,7 @@ def test_config_print_round_trips_with_sources_and_masks_secrets(tmp_path: Path)
         "recheck": False, "announce": ["udp://f.example:1"], "webrtc": True, "utp": False, "tcp": True,
         "ice_servers": ["stun:s.example:3478", "turn:alice:***@t.example:3478"], "webrtc_hosts": [],
         "encryption": "prefer", "max_peers": 100, "upload_rate_limit": 65536, "download_rate_limit": 0,
-        "log_format": "json",
+        "tracker_retry_max": 600, "log_format": "json",
     }
     comments = {m[1]: m[2] for m in re.finditer(r"^(\w+) = .*  # (.*)$", out, re.M)}
     assert comments["http_port"] == "from env BRIDGE_HTTP_PORT"
@@ -404,3 +406,10 @@ def test_serve_uses_the_environment_and_the_file(tmp_path: Path) -> None:
     assert any(m.startswith(f"API, page and streams: http://127.0.0.1:{http_port}/") for m in messages), messages
     assert any(m.startswith("settings from ") for m in messages), messages
     assert "stopping ..." in messages
+
+
+def test_tracker_retry_max_reaches_the_session() -> None:
+    s = resolve({}, {"BRIDGE_TRACKER_RETRY_MAX": "90"})
+    assert s.session_config().tracker_retry_max == 90.0
+    with pytest.raises(ValueError, match="at least 10"):
+        SessionConfig(tracker_retry_max=1)

@@ -59,8 +59,9 @@ ANNOUNCE_RESULTS: Counter[str] = Counter()
 
 #: First retry delay after a round in which every tracker failed, in seconds (doubles per failed round).
 BACKOFF_BASE = 15.0
-#: Longest retry delay, in seconds: a tracker that was down comes back within half an hour of us noticing.
-BACKOFF_MAX = 30 * 60.0
+#: Longest retry delay, in seconds, unless the session says otherwise (SessionConfig.tracker_retry_max): a
+#: tracker that was down is in use again within ten minutes of coming back.
+BACKOFF_MAX = 600.0
 #: Jitter applied to each backoff delay: a factor drawn uniformly from [1 - J, 1 + J] (then capped), so
 #: many torrents failing on the same tracker do not retry in lock-step.
 BACKOFF_JITTER = 0.2
@@ -126,6 +127,7 @@ class Announcer:
         rng: random.Random | None = None,
         announce: AnnounceFn | None = None,
         udp: SharedUdp | None = None,
+        backoff_max: float = BACKOFF_MAX,
     ) -> None:
         """
         :param tiers: BEP 12 announce-list; copied, then each tier is shuffled with ``rng``.
@@ -137,6 +139,7 @@ class Announcer:
             ``clock`` by (at least) the requested time.
         :param rng: random source for shuffling, the key and jitter.
         :param announce: replaces the HTTP/UDP transport (tests); default dispatches on the URL scheme.
+        :param backoff_max: the longest wait before retrying after a round no tracker answered, seconds.
         """
         self._info_hash = info_hash
         self._peer_id = peer_id
@@ -149,6 +152,7 @@ class Announcer:
         self._clock = clock or time.monotonic
         self._sleep = sleep or asyncio.sleep
         self._rng = rng or random.Random()
+        self._backoff_max = backoff_max
         self._announce_fn: AnnounceFn = announce or self._default_announce
         self._key = self._rng.getrandbits(32)
         self._prefix = f"[{info_hash.hex()[:8]}]"
@@ -392,7 +396,7 @@ class Announcer:
         self._failures += 1
         delay = BACKOFF_BASE * 2 ** min(self._failures - 1, 20)
         delay *= self._rng.uniform(1 - BACKOFF_JITTER, 1 + BACKOFF_JITTER)
-        delay = min(delay, BACKOFF_MAX)
+        delay = min(delay, self._backoff_max)
         self._next_at = self._earliest = self._clock() + delay
         log.debug("%s no tracker answered; retrying in %.0f s", self._prefix, delay)
 

@@ -17,7 +17,7 @@ from ..config import PeerConfig, SessionConfig
 from ..errors import RemoteProtocolError
 from ..net.rtc import RtcConfig
 from ..net.tcp import serve_tcp
-from ..net.tracker_ws import WsTrackerPool
+from ..net.tracker_ws import WsTrackerOptions, WsTrackerPool
 from ..net.transport import PeerTransport
 from ..net.utp import UtpSocket, open_utp_socket
 from ..proto import events as ev
@@ -90,7 +90,7 @@ class Session:
                 # Port 0: the TCP port the kernel picked may be taken on UDP. Pick another.
                 if cfg.port != 0 or attempt == PORT_ATTEMPTS - 1:
                     raise
-        self.ws_pool = WsTrackerPool()
+        self.ws_pool = WsTrackerPool(WsTrackerOptions(backoff_cap=cfg.tracker_retry_max))
         self.http = aiohttp.ClientSession(
             headers={"User-Agent": f"webtorrent-bridge/{__version__}"},
             timeout=aiohttp.ClientTimeout(total=30),
@@ -160,7 +160,7 @@ class Session:
         announce_task = None
         if tiers and self.config.trackers_enabled:
             announcer = Announcer(tiers, info_hash, self.peer_id, self.listen_port, stats, on_peers, self.http,
-                                  udp=self.utp)
+                                  udp=self.utp, backoff_max=self.config.tracker_retry_max)
             announce_task = asyncio.create_task(announcer.run(), name=f"announce {info_hash.hex()[:8]}")
         side: WebRtcSide | None = None
         if self.config.webrtc and self.config.trackers_enabled and self.ws_pool is not None:

@@ -243,6 +243,7 @@ class Torrent:
                 on_peers=lambda peers: self.add_peers(peers),
                 session=self.session.http,
                 udp=self.session.utp,
+                backoff_max=self.session.config.tracker_retry_max,
             )
             self._announcer = announcer  # a seed from the start announces started with left=0, never completed
             self._spawn(announcer.run(), f"announce {self.tag}")

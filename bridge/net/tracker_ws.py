@@ -150,10 +150,13 @@ class WsTrackerOptions:
     #: Ceiling on the tracker's interval. Trackers forget a peer after a few minutes without an announce
     #: (aquatic: 180 s); an interval of years would silently drop us from the swarm.
     interval_ceiling: float = 3600.0
-    #: Reconnect delay: min(2**failures * base, cap) + uniform(0, jitter), as WebTorrent's client does.
+    #: Reconnect delay: min(2**failures * base, cap) + uniform(0, jitter), WebTorrent's formula. Its browsers
+    #: wait up to 1 hour plus up to 5 minutes of jitter, which spreads thousands of them after a tracker
+    #: restarts; the bridge is one client per process (one socket per tracker) and the browsers it serves
+    #: are back within that time, so it comes back sooner: 10-20 s after the first failure, at most 10 min.
     backoff_base: float = 10.0
-    backoff_cap: float = 3600.0
-    backoff_jitter: float = 300.0
+    backoff_cap: float = 600.0
+    backoff_jitter: float = 10.0
     #: TCP + TLS + WebSocket handshake.
     open_timeout: float = 10.0
     #: Waiting for the tracker's close frame when we close.
@@ -188,8 +191,8 @@ class WsTrackerOptions:
             raise ValueError("interval_floor is above interval_ceiling")
 
 
-def reconnect_delay(failures: int, rng: random.Random, *, base: float = 10.0, cap: float = 3600.0,
-                    jitter: float = 300.0) -> float:
+def reconnect_delay(failures: int, rng: random.Random, *, base: float = 10.0, cap: float = 600.0,
+                    jitter: float = 10.0) -> float:
     """Seconds to wait before reconnect attempt number ``failures + 1``: min(2**failures * base, cap)
     plus uniform jitter in [0, jitter]."""
     return min(base * 2.0 ** min(failures, 64), cap) + rng.uniform(0.0, jitter)

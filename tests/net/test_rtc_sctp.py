@@ -631,6 +631,38 @@ async def test_the_sack_for_a_request_rides_in_the_answer() -> None:
         await close(a, b)
 
 
+async def test_a_sack_owed_again_waits_its_own_delay(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SACK timer is not cancelled when a SACK goes out: a packet owed after that waits for its own
+    deadline (the timer set for the earlier one re-arms itself), neither sooner nor never."""
+    delay = 0.2
+    monkeypatch.setattr("bridge.net.rtc_sctp.SACK_DELAY", delay)
+    t = object.__new__(LeanSctpTransport)
+    t._sack_needed = t._bridge_sack_now = False
+    t._sack_misordered, t._sack_duplicates = set(), []
+    t._bridge_sack_owed, t._bridge_sack_timer, t._bridge_sack_deadline = 0, None, 0.0
+    t._association_state = RTCSctpTransport.State.ESTABLISHED
+    sent: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    def alone() -> None:
+        LeanSctpTransport._bridge_sack_taken(t)
+        sent.append(loop.time())
+
+    t._bridge_sack_alone = alone
+    start = loop.time()
+    await t._send_sack()  # one packet: a timer for start + delay
+    await t._send_sack()  # the second: acknowledged at once, the timer stays
+    assert len(sent) == 1
+    await asyncio.sleep(delay / 2)
+    await t._send_sack()  # owed again: due at start + 1.5 delay
+    await asyncio.sleep(delay * 0.75)  # past the first timer, which must not send
+    assert len(sent) == 1
+    async with asyncio.timeout(5):
+        while len(sent) < 2:
+            await asyncio.sleep(0.01)
+    assert sent[1] - start >= delay * 1.5 - 0.005
+
+
 @given(st.lists(st.tuples(st.integers(0, 0xFFFF), st.binary(max_size=40)), max_size=8))
 def test_params_decode_as_aiortc_decodes_them(params: list[tuple[int, bytes]]) -> None:
     assert aiortc_decode_params is not decode_params  # aiortc's own, bound before any guard went in

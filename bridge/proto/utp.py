@@ -93,6 +93,8 @@ TARGET_DELAY_US = 100_000
 MAX_CWND_INCREASE_BYTES_PER_RTT = 3000
 #: Recent delay samples whose minimum is "the current delay" (libutp's CUR_DELAY_SIZE), filtering jitter.
 CUR_DELAY_SIZE = 3
+#: Stands in for the round trip when an ACK acknowledges only resent packets (no sample: Karn's rule).
+_NO_RTT_BOUND = 1 << 62
 #: Minutes of base-delay history: the base delay is the lowest one-way delay sample of the last this-many
 #: one-minute slots (libutp keeps 13 slots but its comment and BEP 29 speak of two minutes; a short memory
 #: follows clock drift and route changes, a long one resists a queue that never drains).
@@ -639,13 +641,13 @@ class UtpConnection:
         # samples: the samples steer our sending, and a pure receiver skips the work on every data packet.
         if actual_delay and (acks or sack is not None):
             self._add_delay_sample(actual_delay, now)
-            if min_rtt >= 0:
-                min_rtt_us = int(min_rtt * 1e6)
-                value = min(self._cur_delay)
-                if value > min_rtt_us:  # the delay can not exceed the round trip: shift the base
-                    self._shift_base(value - min_rtt_us)
-                if acked_bytes > 0:
-                    self._apply_ccontrol(acked_bytes, min_rtt_us, now)
+            # (min_rtt is -1 when every packet acknowledged had been sent more than once: no bound then)
+            min_rtt_us = int(min_rtt * 1e6) if min_rtt >= 0 else _NO_RTT_BOUND
+            value = min(self._cur_delay)
+            if value > min_rtt_us:  # the delay can not exceed the round trip: shift the base
+                self._shift_base(value - min_rtt_us)
+            if acked_bytes > 0:
+                self._apply_ccontrol(acked_bytes, min_rtt_us, now)
 
         # ---- the peer's window
         if wnd_size == 0 and (self._peer_wnd != 0 or self._zero_window_deadline is None):
@@ -709,7 +711,7 @@ class UtpConnection:
                     break  # never sent: whatever claims otherwise is wrong; stop here
                 rtt = self._ack_packet(pkt, now)
                 acked += len(pkt.payload)
-                if min_rtt < 0 or rtt < min_rtt:
+                if rtt >= 0 and (min_rtt < 0 or rtt < min_rtt):
                     min_rtt = rtt
             seq = (seq + 1) & _SEQ_MASK
             done += 1
@@ -719,7 +721,10 @@ class UtpConnection:
         return acked, min_rtt
 
     def _ack_packet(self, pkt: _Packet, now: float) -> float:
-        """Remove an acknowledged packet; returns its round-trip time."""
+        """Remove an acknowledged packet; returns its round-trip time, or -1 for a packet sent more than once
+        (Karn's rule: which copy was acknowledged is unknown, and timed from the last one a late ACK of the
+        first looks like a round trip of a few milliseconds; as LEDBAT's bound on the queueing delay that
+        would hide the whole queue)."""
         del self._outbuf[pkt.seq]
         self._outbuf_bytes -= len(pkt.payload)
         if not pkt.need_resend:
@@ -735,7 +740,7 @@ class UtpConnection:
             self._rto = min(max(self._rtt + 4 * self._rtt_var, MIN_RTO), MAX_RTO)
         self._retransmit_timeout = self._rto
         self._rto_deadline = now + self._rto
-        return rtt
+        return rtt if pkt.transmissions == 1 else -1.0
 
     def _ack_selective(self, ack_nr: int, sack: bytes, now: float) -> tuple[int, float]:
         """Acknowledge the packets a SACK bitmask names, and resend those it shows lost."""
@@ -760,7 +765,7 @@ class UtpConnection:
             if pkt is not None and pkt.transmissions:
                 rtt = self._ack_packet(pkt, now)
                 acked += len(pkt.payload)
-                if min_rtt < 0 or rtt < min_rtt:
+                if rtt >= 0 and (min_rtt < 0 or rtt < min_rtt):
                     min_rtt = rtt
         # A packet with DUPLICATE_ACKS_BEFORE_RESEND or more packets acknowledged after it is lost. Walk up
         # from ack_nr + 1 (implicitly missing) while enough acknowledged packets remain above.

@@ -943,3 +943,31 @@ def test_keepalive_carries_no_selective_ack():
     (k,) = conn.datagrams_to_send(sim.now + utp.KEEPALIVE_INTERVAL)
     h = parse_header(k)
     assert h.type == ST_STATE and h.ack_nr == (conn.ack_nr - 1) & 0xFFFF and h.extension == 0 and len(k) == 20
+
+
+def test_a_spurious_timeout_does_not_hide_the_queue():
+    """The queue towards the peer grows so fast that the retransmission timer fires before a packet's ACK
+    comes back, and the ACK arrives just after the resend. Measured from the resend, that round trip is a
+    few milliseconds and says nothing (Karn's rule): it must neither shift LEDBAT's base delay up by the
+    whole queue, nor stand in for the queueing delay, or the sender stops yielding to the traffic that
+    fills the queue (seen in tests/interop/test_utp_netem.py: uTP kept half a bottleneck beside TCP)."""
+    conn = hand_connected(11)  # the peer reports a one-way delay of 1 ms (tsd 1000 us): the base
+    out = [parse_header(d) for d in conn.datagrams_to_send(1.0)]
+    assert len(out) >= 5
+    first = out[0].seq_nr
+    high = 1000 + 400_000  # from here the packets wait 400 ms in a queue
+    now = 1.45
+    for k in range(3):  # three packets get through, late: the delay samples say 400 ms of queue
+        conn.receive_datagram(mk(ST_STATE, conn.recv_id, 100, (first + k) & 0xFFFF, tsd=high), now)
+        now += 0.01
+    assert conn.queuing_delay > 0.35
+    cwnd = conn.cwnd
+    # the next ACK is later than the timer: the fourth packet is resent ...
+    now += conn.rto + 0.01
+    conn.handle_timer(now)
+    resent = [parse_header(d) for d in conn.datagrams_to_send(now)]
+    assert resent and resent[0].seq_nr == (first + 3) & 0xFFFF and conn.timeouts == 1
+    # ... and its first copy's ACK arrives 5 ms later
+    conn.receive_datagram(mk(ST_STATE, conn.recv_id, 100, (first + 3) & 0xFFFF, tsd=high), now + 0.005)
+    assert conn.queuing_delay > 0.35  # the queue is still seen
+    assert conn.cwnd <= max(cwnd, conn.mss)  # and the window did not grow as if there were none

@@ -554,9 +554,7 @@ class LeanSctpTransport(BridgeSctpTransport):
         if ((tsn - self._last_received_tsn) % TSN_MODULO != 1 or self._sack_misordered or self._sack_duplicates
                 or flags & SCTP_DATA_UNORDERED or self._reconfig_deferred is not None):
             return False
-        stream = self._inbound_streams.get(stream_id)
-        if stream is None:
-            stream = self._get_inbound_stream(stream_id)
+        stream = self._get_inbound_stream(stream_id)
         held = stream.reassembly
         if bool(flags & SCTP_DATA_FIRST_FRAG) == bool(held) or stream_seq != stream.sequence_number:
             return False
@@ -598,8 +596,7 @@ class LeanSctpTransport(BridgeSctpTransport):
     def _bridge_sack_alone(self) -> None:
         self._bridge_sack_taken()
         self.bridge_sacks_alone += 1
-        self._bridge_send_packets([serialize_packet(self._local_port, self._remote_port or 0,
-                                                    self._remote_verification_tag, self._bridge_sack_chunk())])
+        self._bridge_send_packets([self._bridge_packet(self._bridge_sack_chunk())])
 
     def _bridge_sack_taken(self) -> None:
         # The timer, if one is set, stays: when it fires it finds nothing owed, or a later deadline to wait
@@ -651,8 +648,11 @@ class LeanSctpTransport(BridgeSctpTransport):
     async def _send_chunk(self, chunk: Any) -> None:
         if isinstance(chunk, DataChunk):
             chunk._bridge_sent = next(self._bridge_sends)  # type: ignore[attr-defined]
-        self._bridge_send_packets([serialize_packet(self._local_port, self._remote_port or 0,
-                                                    self._remote_verification_tag, chunk)])
+        self._bridge_send_packets([self._bridge_packet(chunk)])
+
+    def _bridge_packet(self, chunk: Any) -> bytes:
+        """An SCTP packet of ours holding ``chunk`` alone, as aiortc's serialize_packet makes it."""
+        return serialize_packet(self._local_port, self._remote_port or 0, self._remote_verification_tag, chunk)
 
     def _bridge_header(self) -> tuple[bytes, int]:
         """The common header of our packets without the checksum, and its CRC32c with a zero checksum."""
@@ -722,19 +722,19 @@ class LeanSctpTransport(BridgeSctpTransport):
             chunk._sent_count += 1
             chunk._sent_time = now
             chunk._bridge_sent = next(sends)  # type: ignore[attr-defined]
-            if sack_owed and ((chunk._book_size + 3) & ~3) + _SACK_PLAIN_LENGTH <= USERDATA_MAX_LENGTH:
+            # room beside the padded DATA chunk
+            if sack_owed and (room := USERDATA_MAX_LENGTH - ((chunk._book_size + 3) & ~3)) >= _SACK_PLAIN_LENGTH:
                 sack_owed = False
                 self._bridge_sack_taken()
                 sack_chunk = self._bridge_sack_chunk()
                 sack = bytes(sack_chunk)
-                if ((chunk._book_size + 3) & ~3) + len(sack) <= USERDATA_MAX_LENGTH:
+                if len(sack) <= room:
                     self.bridge_sacks_bundled += 1
                     packets.append(data_packet(header, header_crc, chunk, sack))
                     continue
                 # Grown past the room (gap blocks; not the usual case, which sends those at once): alone.
                 self.bridge_sacks_alone += 1
-                packets.append(serialize_packet(self._local_port, self._remote_port or 0,
-                                                self._remote_verification_tag, sack_chunk))
+                packets.append(self._bridge_packet(sack_chunk))
             packets.append(data_packet(header, header_crc, chunk))
         self._flight_size = flight
         self._bridge_rwnd = rwnd

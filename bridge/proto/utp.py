@@ -722,8 +722,8 @@ class UtpConnection:
 
     def _ack_packet(self, pkt: _Packet, now: float) -> float:
         """Remove an acknowledged packet; returns its round-trip time, or -1 for a packet sent more than once
-        (Karn's rule: which copy was acknowledged is unknown, and timed from the last one a late ACK of the
-        first looks like a round trip of a few milliseconds; as LEDBAT's bound on the queueing delay that
+        (Karn's rule: which copy was acknowledged is unknown. Timed from the resend, a late ACK of the first
+        copy looks like a round trip of a few milliseconds, and as LEDBAT's bound on the queueing delay that
         would hide the whole queue)."""
         del self._outbuf[pkt.seq]
         self._outbuf_bytes -= len(pkt.payload)

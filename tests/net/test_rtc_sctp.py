@@ -122,6 +122,15 @@ def test_valid_gaps_means_ordered_and_within_reach(gaps: list[tuple[int, int]], 
 # ------------------------------------------------------------------------------------- real associations
 
 
+def data_offset(packet: bytes) -> int | None:
+    """Where the DATA chunk of one of our SCTP packets starts: first, or after a SACK bundled before it;
+    None for a packet without DATA."""
+    pos = 12
+    if len(packet) > 16 and packet[12] == 3:
+        pos += (struct.unpack_from("!H", packet, 14)[0] + 3) & ~3
+    return pos if len(packet) > pos + 8 and packet[pos] == 0 else None
+
+
 class Lossy:
     """Drops the first transmission of every ``every``-th DATA chunk among TSNs ``skip`` .. ``skip + span``
     (counted from the first DATA chunk) sent by the offerer, before it is encrypted, and counts what is
@@ -151,10 +160,8 @@ class Lossy:
         return getattr(self.ssl, name)
 
     def drop(self, data: bytes) -> bool:
-        pos = 12
-        if len(data) > 16 and data[12] == 3:  # a SACK first: DATA may follow it in the same packet
-            pos += (struct.unpack_from("!H", data, 14)[0] + 3) & ~3
-        if len(data) > pos + 8 and data[pos] == 0:  # an SCTP packet with a DATA chunk
+        pos = data_offset(data)
+        if pos is not None:
             tsn = struct.unpack_from("!L", data, pos + 4)[0]
             if self.first is None:
                 self.first = tsn
@@ -567,8 +574,7 @@ def count_packets(sctp: Any) -> dict[str, int]:
     def counted(packets: list[bytes]) -> None:
         for p in packets:
             if p[12] == 3:
-                after = 12 + ((struct.unpack_from("!H", p, 14)[0] + 3) & ~3)
-                counts["sack+data" if len(p) > after and p[after] == 0 else "sack"] += 1
+                counts["sack+data" if data_offset(p) is not None else "sack"] += 1
             else:
                 counts["data" if p[12] == 0 else "other"] += 1
         send_packets(packets)

@@ -39,8 +39,9 @@ sys.path.insert(0, os.path.join(REPO_ROOT, "tests", "browser"))
 
 from bridge.net.rtc import RtcConfig, RtcTransport, answer_offer, create_offer, wait_closing  # noqa: E402
 
-# sctp_fixes=False: the reference is aiortc as it is, without bridge.net.rtc_sctp.
-CONFIG = RtcConfig(host_addresses=("127.0.0.1",), connect_timeout=20.0, sctp_fixes=False)
+# sctp_fixes=False and receive_buffer=0: the reference is aiortc as it is, without bridge.net.rtc_sctp and
+# with the system's socket buffers. (main() below measures the bridge's defaults.)
+CONFIG = RtcConfig(host_addresses=("127.0.0.1",), connect_timeout=20.0, sctp_fixes=False, receive_buffer=0)
 MIB = 1024 * 1024
 WRITE_SIZE = 256 * 1024
 TIMEOUT = 300.0

@@ -17,6 +17,16 @@ One run measures, on the same random file (``--size-mib``, default 64 MiB):
    (bench/rtc_raw.py's aiortc-aiortc, the issue's "aiortc to aiortc raw"), on 127.0.0.1.
 4. ``libtorrent``: libtorrent 2.1 seeding over WebRTC only (TCP and uTP off) to the same kind of page.
 
+``--download`` measures the other direction, a WebTorrent page seeding (it fetches the file from the
+bench's HTTP server and hashes it first, in memory unless ``--page-store default``):
+
+5. ``bridge-dl``: ``python -m bridge download MAGNET --seed`` through a fresh embedded tracker; the clock
+   runs from the page's first upload to the bridge's ``complete:`` line.
+6. ``raw-dl``: Chromium -> RtcTransport over one bare data channel (bench/rtc_raw.py's chromium-aiortc),
+   aiortc as it is; ``path-dl``: the same with the bridge's SCTP and socket buffers.
+7. ``libtorrent-dl``: libtorrent 2.1 (default settings, WebRTC only) downloading the magnet; the clock
+   stops at its torrent_finished_alert.
+
 libtorrent's ICE (libjuice) never gathers on 127/8, so by default the script re-runs itself inside a private
 network namespace (``unshare -n``, needs root) with a veth pair (10.77.0.1 and 10.77.0.2, nothing leaves it),
 and all the measurements run there, with Chromium inside too. The trackers, the bridge and libtorrent use
@@ -35,6 +45,7 @@ hold against it. The page checks SHA-256 of what it stored.
     python bench/rtc_throughput.py --profile /tmp/bridge.prof   # the bridge seeder under cProfile
     python bench/rtc_throughput.py --page-store default   # WebTorrent's own (OPFS) store in the page
     python bench/rtc_throughput.py --only bridge,libtorrent --page-profile /tmp/page   # the page's JavaScript
+    python bench/rtc_throughput.py --download --repeat 3  # the page seeds; the bridge, raw and libtorrent fetch
 
 This is a benchmark, not a test: it fails only when data arrives wrong or not at all.
 """
@@ -74,11 +85,15 @@ from _common import (  # noqa: E402
     child_env,
     default_piece_length,
     format_table,
+    is_json_event,
     make_random_file,
     make_torrent_with_libtorrent,
     parse_size,
+    sha256_file,
 )
 from chromium_rtc import CHROMIUM, CHROMIUM_FLAGS  # noqa: E402
+
+from bridge.net.rtc import ICE_RECEIVE_BUFFER  # noqa: E402
 
 BUNDLE = os.path.join(REPO_ROOT, "web", "node_modules", "webtorrent", "dist", "webtorrent.min.js")
 PAGE = os.path.join(REPO_ROOT, "tests", "browser", "webtorrent", "wt.html")
@@ -94,15 +109,22 @@ NETNS_SETUP = [
     "ip route add default via 10.77.0.2 dev veth0",
 ]
 METHODS = ("bridge", "raw", "path", "raw-aiortc", "libtorrent")
+#: The download direction (--download): the WebTorrent page seeds, and the other side downloads.
+DOWNLOAD_METHODS = ("bridge-dl", "raw-dl", "path-dl", "libtorrent-dl")
 INTERRUPTED: list[bool] = []
 PYTHON_SIDE = {"bridge": "bridge", "raw": "aiortc", "path": "aiortc", "raw-aiortc": "aiortc",
-               "libtorrent": "libtorrent"}
+               "libtorrent": "libtorrent", "bridge-dl": "bridge", "raw-dl": "aiortc", "path-dl": "aiortc",
+               "libtorrent-dl": "libtorrent"}
 LABELS = {
     "bridge": "bridge -> WebTorrent",
     "raw": "raw aiortc -> Chromium",
     "path": "bridge's RtcTransport -> Chromium",
     "raw-aiortc": "raw aiortc -> aiortc",
     "libtorrent": "libtorrent -> WebTorrent",
+    "bridge-dl": "WebTorrent -> bridge",
+    "raw-dl": "Chromium -> raw aiortc",
+    "path-dl": "Chromium -> bridge's RtcTransport",
+    "libtorrent-dl": "WebTorrent -> libtorrent",
 }
 
 # In the wt.html page (window.client is WebTorrent with rtcConfig {iceServers: []}): add the magnet and time
@@ -114,9 +136,8 @@ LABELS = {
 # verify it). Profiled, that storage is most of the page's work, and it is the same whoever seeds. The
 # memory store takes it out, so that the bridge and libtorrent are measured against the raw channel on the
 # same terms: --page-store default keeps WebTorrent's own store.
-DOWNLOAD_JS = """
-async ([magnet, announce, memory]) => {
-  // The abstract-chunk-store interface WebTorrent calls: put/get/close/destroy with callbacks.
+# The abstract-chunk-store interface WebTorrent calls (put/get/close/destroy with callbacks), in memory.
+MEMSTORE_JS = """
   class MemStore {
     constructor (chunkLength, opts) { this.chunkLength = Number(chunkLength); this.chunks = [] }
     put (index, buf, cb) { this.chunks[index] = buf; if (cb) queueMicrotask(() => cb(null)) }
@@ -136,8 +157,10 @@ async ([magnet, announce, memory]) => {
     close (cb) { if (cb) queueMicrotask(() => cb(null)) }
     destroy (cb) { this.chunks = []; if (cb) queueMicrotask(() => cb(null)) }
   }
-  // Count the page's data-channel messages, both ways (whichever side offered): WebTorrent's work grows
-  // with the number of messages it handles, not only with the bytes.
+"""
+# Count the page's data-channel messages, both ways (whichever side offered): WebTorrent's work grows with
+# the number of messages it handles, not only with the bytes.
+COUNT_DC_JS = """
   const dc = window.benchDc = { received: 0, receivedBytes: 0, sent: 0 }
   if (!window.benchDcHooked) {  // on the prototype: WebTorrent (simple-peer) sets onmessage and calls send
     window.benchDcHooked = true
@@ -155,6 +178,10 @@ async ([magnet, announce, memory]) => {
     const send = proto.send
     proto.send = function (data) { window.benchDc.sent++; return send.call(this, data) }
   }
+"""
+DOWNLOAD_JS = """
+async ([magnet, announce, memory]) => {
+""" + MEMSTORE_JS + COUNT_DC_JS + """
   const client = window.client
   const t = { add: performance.now(), wire: null, first: null, done: null }
   return await new Promise((resolve, reject) => {
@@ -165,6 +192,24 @@ async ([magnet, announce, memory]) => {
     torrent.on('wire', () => { if (t.wire === null) t.wire = performance.now() })
     torrent.on('download', () => { if (t.first === null) t.first = performance.now() })
     torrent.on('done', () => { t.done = performance.now(); resolve({ t, peers: torrent.numPeers, dc }) })
+  })
+}
+"""
+# The download direction: the page fetches the bench file from its own server (/data), seeds it (hashing it
+# first, with the run's piece length) and resolves with the magnet. On its first upload it calls the
+# exposed benchFirstUpload(), which starts the clock in Python; the downloader's own report stops it.
+SEED_JS = """
+async ([announce, pieceLength, memory]) => {
+""" + MEMSTORE_JS + COUNT_DC_JS + """
+  const bytes = new Uint8Array(await (await fetch('/data')).arrayBuffer())
+  const file = new File([bytes], 'rtc-bench.bin')
+  const client = window.client
+  return await new Promise((resolve, reject) => {
+    client.on('error', e => reject(String(e)))
+    const opts = memory ? { announce, pieceLength, store: MemStore } : { announce, pieceLength }
+    let first = true
+    const torrent = window.benchTorrent = client.seed(file, opts, t => resolve(t.magnetURI))
+    torrent.on('upload', () => { if (first) { first = false; window.benchFirstUpload() } })
   })
 }
 """
@@ -312,9 +357,11 @@ def setup_netns() -> None:
 
 
 class WtBrowser:
-    """Headless Chromium (Debian, through playwright) and an HTTP server for wt.html and the bundle."""
+    """Headless Chromium (Debian, through playwright) and an HTTP server for wt.html, the bundle and the
+    bench file (``/data``, which a seeding page fetches)."""
 
-    def __init__(self) -> None:
+    def __init__(self, data_path: str) -> None:
+        self.data_path = data_path
         self._stack = contextlib.AsyncExitStack()
         self.url = ""
         self.browser: Any = None
@@ -334,8 +381,12 @@ class WtBrowser:
         async def bundle(request: web.Request) -> web.FileResponse:
             return web.FileResponse(BUNDLE, headers={"Content-Type": "text/javascript"})
 
+        async def data(request: web.Request) -> web.FileResponse:
+            return web.FileResponse(self.data_path, headers={"Content-Type": "application/octet-stream"})
+
         app.router.add_get("/", index)
         app.router.add_get("/webtorrent.min.js", bundle)
+        app.router.add_get("/data", data)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         self._stack.push_async_callback(runner.cleanup)
@@ -458,7 +509,8 @@ async def run_raw(ctx: Context, method: str = "raw") -> Result:
     rtc_raw.payload = lambda size: ctx.data
     rtc_raw.with_chromium = with_chromium
     stock = rtc_raw.CONFIG
-    rtc_raw.CONFIG = dataclasses.replace(stock, sctp_fixes=method == "path")
+    path = method == "path"
+    rtc_raw.CONFIG = dataclasses.replace(stock, sctp_fixes=path, receive_buffer=ICE_RECEIVE_BUFFER if path else 0)
     drops0 = udp_rcvbuf_errors()
     try:
         async with asyncio.timeout(ctx.args.timeout):
@@ -514,8 +566,154 @@ async def run_path(ctx: Context) -> Result:
     return await run_raw(ctx, "path")
 
 
+# ------------------------------------------------------------------------- the download direction
+
+
+@dataclasses.dataclass
+class SeedingPage:
+    """A WebTorrent page seeding the bench file; ``first`` is when it first uploaded (time.monotonic())."""
+
+    page: Any
+    magnet: str
+    first: asyncio.Future[tuple[float, float | None, dict[int, float]]]
+
+
+@contextlib.asynccontextmanager
+async def seeding_page(ctx: Context, tracker: str, downloader: list[Child]) -> AsyncIterator[SeedingPage]:
+    """A fresh page seeding the bench file through ``tracker``. At its first upload it records the time
+    and the CPU of ``downloader[0]`` (the process started after the page is ready) and of the browser."""
+    async with ctx.wt.page(ctx.args.timeout) as page:
+        first: asyncio.Future[tuple[float, float | None, dict[int, float]]] = asyncio.get_running_loop().create_future()
+
+        def on_first_upload() -> None:
+            if not first.done():
+                first.set_result((time.monotonic(), downloader[0].cpu() if downloader else None, browser_cpu()))
+
+        await page.expose_function("benchFirstUpload", on_first_upload)
+        memory = ctx.args.page_store == "memory"
+        async with asyncio.timeout(ctx.args.timeout):
+            magnet = await page.evaluate(SEED_JS, [[tracker], ctx.piece, memory])
+        yield SeedingPage(page, magnet, first)
+
+
+async def download_from_page(ctx: Context, method: str, start: Any, done: Any) -> Result:
+    """The page seeds; ``start(magnet, tracker)`` starts the downloader (a Child) and ``done(child)`` waits
+    for its report that it has everything, returning when (time.monotonic()) and the path of its copy."""
+    children = ctx.children
+    tracker, ws = await start_tracker(children, ctx.host)
+    holder: list[Child] = []
+    child = None
+    try:
+        async with seeding_page(ctx, ws, holder) as seeding:
+            drops0 = udp_rcvbuf_errors()
+            t_start = time.monotonic()
+            child = await start(seeding.magnet, ws)
+            holder.append(child)
+            async with asyncio.timeout(ctx.args.timeout):
+                t_done, copy = await done(child)
+                cpu1, browser1 = child.cpu(), browser_cpu()
+                t_first, cpu0, browser0 = await seeding.first
+            drops = udp_rcvbuf_errors() - drops0
+            dc = await seeding.page.evaluate("() => window.benchDc")
+        ok = sha256_file(copy) == ctx.digest
+        wall = t_done - t_first
+        return Result(
+            method, ok, wall, t_done - t_start, t_first - t_start, None,
+            seeder_cpu=100 * (cpu1 - cpu0) / wall if cpu0 is not None and cpu1 is not None else None,
+            seeder_cpu_s=cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None,
+            browser_cpu=100 * cpu_delta(browser0, browser1) / wall,
+            udp_drops=drops if ctx.netns else None, dc=dc,
+        )
+    except BaseException:
+        if child is not None:
+            print(f"  {method} output:\n{child.tail()}", file=sys.stderr)
+        raise
+    finally:
+        if child is not None:
+            await children.stop(child, grace=15.0)
+        await children.stop(tracker)
+
+
+async def run_bridge_dl(ctx: Context) -> Result:
+    """``python -m bridge download MAGNET --seed`` from the seeding page; done at its "complete:" line (with
+    --seed it stays up, so its CPU can still be read)."""
+    out = os.path.join(ctx.tmp, "bridge-dl")
+    shutil.rmtree(out, ignore_errors=True)
+    prefix = [sys.executable] + (["-m", "cProfile", "-o", ctx.args.profile] if ctx.args.profile else [])
+
+    async def start(magnet: str, ws: str) -> Child:
+        return await ctx.children.start("bridge", [
+            *prefix, "-m", "bridge", "download", magnet, "--seed", "-o", out, "--host", ctx.host, "--port", "0",
+            "--webrtc-host", ctx.host, "--announce", ws,
+        ], env=child_env(), cwd=REPO_ROOT)
+
+    async def done(child: Child) -> tuple[float, str]:
+        line = await child.expect(lambda ln: ln.stream == "err" and ln.text.startswith("complete: "),
+                                  ctx.args.timeout, "the bridge's download (its complete: line)")
+        return line.t, os.path.join(out, "rtc-bench.bin")
+
+    return await download_from_page(ctx, "bridge-dl", start, done)
+
+
+async def run_libtorrent_dl(ctx: Context) -> Result:
+    """libtorrent 2.1 (WebRTC only, default settings) downloading from the seeding page."""
+    out = os.path.join(ctx.tmp, "libtorrent-dl")
+    shutil.rmtree(out, ignore_errors=True)
+
+    async def start(magnet: str, ws: str) -> Child:
+        return await ctx.children.start("libtorrent", [
+            sys.executable, os.path.abspath(__file__), "--role", "lt-download", "--lt-torrent", magnet,
+            "--lt-save", out, "--lt-host", ctx.host, "--lt-tracker", ws,
+        ], env=child_env(), cwd=REPO_ROOT)
+
+    async def done(child: Child) -> tuple[float, str]:
+        line = await child.expect(is_json_event("finished"), ctx.args.timeout, "libtorrent's download")
+        if json.loads(line.text)["ev"] != "finished":
+            raise BenchError(f"libtorrent: {line.text}")
+        return line.t, os.path.join(out, "rtc-bench.bin")
+
+    return await download_from_page(ctx, "libtorrent-dl", start, done)
+
+
+async def run_raw_dl(ctx: Context, method: str = "raw-dl") -> Result:
+    """bench/rtc_raw.py's chromium-aiortc (the page's own random bytes, ``--size-mib`` of them), with the
+    browser's CPU and the drops taken around it. ``path-dl``: the same with the bridge's SCTP."""
+    browser: dict[str, float] = {}
+
+    async def with_chromium(run: Any) -> dict[str, Any]:
+        async def timed(page: Any) -> dict[str, Any]:
+            before, t0 = browser_cpu(), time.perf_counter()
+            result = await run(page)
+            browser["cpu"] = 100 * cpu_delta(before, browser_cpu()) / (time.perf_counter() - t0)
+            return result
+
+        return await _rtc_raw_with_chromium(timed)
+
+    rtc_raw.with_chromium = with_chromium
+    stock = rtc_raw.CONFIG
+    path = method == "path-dl"
+    rtc_raw.CONFIG = dataclasses.replace(stock, sctp_fixes=path, receive_buffer=ICE_RECEIVE_BUFFER if path else 0)
+    drops0 = udp_rcvbuf_errors()
+    try:
+        async with asyncio.timeout(ctx.args.timeout):
+            r = await rtc_raw.chromium_to_aiortc(len(ctx.data), "uvloop")
+    finally:
+        rtc_raw.CONFIG = stock
+    drops = udp_rcvbuf_errors() - drops0
+    await rtc_raw.wait_closing()
+    m = re.search(r"python (\d+)%", r["cpu"])
+    cpu = float(m.group(1)) if m else None
+    return Result(method, r["ok"], r["wall"], seeder_cpu=cpu, seeder_cpu_s=cpu * r["wall"] / 100 if cpu else None,
+                  browser_cpu=browser.get("cpu"), udp_drops=drops if ctx.netns else None)
+
+
+async def run_path_dl(ctx: Context) -> Result:
+    return await run_raw_dl(ctx, "path-dl")
+
+
 RUNNERS = {"bridge": run_bridge, "raw": run_raw, "path": run_path, "raw-aiortc": run_raw_aiortc,
-           "libtorrent": run_libtorrent}
+           "libtorrent": run_libtorrent, "bridge-dl": run_bridge_dl, "raw-dl": run_raw_dl, "path-dl": run_path_dl,
+           "libtorrent-dl": run_libtorrent_dl}
 
 
 # ------------------------------------------------------------------------------ libtorrent seeder
@@ -569,6 +767,34 @@ def lt_seed_role(args: argparse.Namespace) -> int:
             emit(ev="progress", up=st.upload_rate, peers=st.num_peers, uploaded=st.total_upload)
 
 
+def lt_download_role(args: argparse.Namespace) -> int:
+    """A libtorrent 2.1 session (default settings) downloading a magnet over WebRTC only; it prints
+    {"ev": "finished"} as soon as every piece has passed its hash check."""
+    import libtorrent as lt
+
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    ses = lt.session({
+        "listen_interfaces": f"{args.lt_host}:0",
+        "enable_dht": False, "enable_lsd": False, "enable_upnp": False, "enable_natpmp": False,
+        "enable_outgoing_tcp": False, "enable_incoming_tcp": False,
+        "enable_outgoing_utp": False, "enable_incoming_utp": False,
+        "webtorrent_stun_server": "",
+        "alert_mask": int(lt.alert_category.status | lt.alert_category.error | lt.alert_category.storage),
+    })
+    atp = lt.parse_magnet_uri(args.lt_torrent)
+    atp.save_path = args.lt_save
+    atp.trackers = [args.lt_tracker]
+    ses.add_torrent(atp)
+    while True:
+        ses.wait_for_alert(1000)
+        for a in ses.pop_alerts():
+            if isinstance(a, lt.torrent_error_alert | lt.file_error_alert):
+                print(json.dumps({"ev": "error", "msg": a.message()}), flush=True)
+                return 1
+            if isinstance(a, lt.torrent_finished_alert):
+                print(json.dumps({"ev": "finished"}), flush=True)
+
+
 # ------------------------------------------------------------------------------------ main
 
 
@@ -584,6 +810,8 @@ class Context:
     digest: str
     data: bytes
     netns: bool
+    tmp: str
+    piece: int
 
 
 async def main_async(args: argparse.Namespace, host: str, methods: list[str], note: str, netns: bool) -> int:
@@ -620,8 +848,8 @@ async def main_async(args: argparse.Namespace, host: str, methods: list[str], no
         print("the bridge runs on uvloop (bridge/cli.py picks it when installed), and so does the raw sender",
               file=sys.stderr)
         results: dict[str, list[Result]] = {m: [] for m in methods}
-        async with WtBrowser() as wt:
-            ctx = Context(args, children, wt, host, data_dir, torrent, magnet, digest, data, netns)
+        async with WtBrowser(path) as wt:
+            ctx = Context(args, children, wt, host, data_dir, torrent, magnet, digest, data, netns, tmp, piece)
             for i in range(args.repeat):
                 for m in methods:
                     r = await RUNNERS[m](ctx)
@@ -631,7 +859,10 @@ async def main_async(args: argparse.Namespace, host: str, methods: list[str], no
                           f"({r.first_s:.2f} s)"
                           + (f", {size / r.total_s / 1e6:.1f} MB/s add->done ({r.total_s:.2f} s; connected "
                              f"after {r.wire_s:.2f} s, first block after {r.setup_s:.2f} s)"
-                             if r.total_s is not None else "")
+                             if r.total_s is not None and r.wire_s is not None else "")
+                          + (f", {size / r.total_s / 1e6:.1f} MB/s start->done ({r.total_s:.2f} s from starting the "
+                             f"downloader; first block after {r.setup_s:.2f} s)"
+                             if r.total_s is not None and r.wire_s is None else "")
                           + f", {r.cpu_text(PYTHON_SIDE[m])}, UDP drops {fmt(r.udp_drops, 'd')}, "
                           + (f"page got {r.dc['received']} messages (mean {r.dc['receivedBytes'] // max(1, r.dc['received'])}"
                              f" B) and sent {r.dc['sent']}, " if r.dc else "")
@@ -680,6 +911,18 @@ async def main_async(args: argparse.Namespace, host: str, methods: list[str], no
             tb, tt = best_total["bridge"], best_total["libtorrent"]
             print(f"bridge time / libtorrent time: first byte->done {b.first_s / t.first_s:.2f}"
                   + (f", add()->done {tb / tt:.2f}" if tb and tt else ""))
+        if "bridge-dl" in best and "raw-dl" in best:
+            ratio = best["raw-dl"].first_s / best["bridge-dl"].first_s
+            print(f"download: bridge / raw Chromium -> aiortc, MB/s first byte->done: {ratio:.3f}"
+                  f"{same_run(results, 'bridge-dl', 'raw-dl')}")
+        if "path-dl" in best and "raw-dl" in best:
+            print(f"download: the bridge's WebRTC path alone / raw aiortc, from the same page: "
+                  f"{best['raw-dl'].first_s / best['path-dl'].first_s:.2f}")
+        if "bridge-dl" in best and "libtorrent-dl" in best:
+            b, t = best["bridge-dl"], best["libtorrent-dl"]
+            tb, tt = best_total["bridge-dl"], best_total["libtorrent-dl"]
+            print(f"download: bridge time / libtorrent time: first byte->done {b.first_s / t.first_s:.2f}"
+                  + (f", start->done {tb / tt:.2f}" if tb and tt else ""))
         return 1 if failed else 0
     finally:
         await children.close()
@@ -694,7 +937,11 @@ def main() -> int:
     p.add_argument("--size-mib", type=int, default=64)
     p.add_argument("--piece-length", help="bytes, 256k or 1m (default: about 1024 pieces, 64 KiB for 64 MiB)")
     p.add_argument("--repeat", type=int, default=1, help="runs of each; the best is shown")
-    p.add_argument("--only", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
+    p.add_argument("--only", default=",".join(METHODS),
+                   help=f"comma-separated methods: {', '.join(METHODS)} (the default), or the download direction's "
+                        f"{', '.join(DOWNLOAD_METHODS)}")
+    p.add_argument("--download", action="store_true",
+                   help="the download direction (the page seeds): --only " + ",".join(DOWNLOAD_METHODS))
     p.add_argument("--timeout", type=float, default=300.0, help="seconds for each transfer (default 300)")
     p.add_argument("--no-netns", action="store_true", help="run on 127.0.0.1 in this namespace (no libtorrent)")
     p.add_argument("--page-store", choices=["memory", "default"], default="memory",
@@ -708,14 +955,18 @@ def main() -> int:
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
     p.add_argument("--tmpdir", help="where to make the temporary directory")
     p.add_argument("--in-netns", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--role", choices=["main", "lt-seed"], default="main", help=argparse.SUPPRESS)
+    p.add_argument("--role", choices=["main", "lt-seed", "lt-download"], default="main", help=argparse.SUPPRESS)
     for name in ("lt-torrent", "lt-save", "lt-host", "lt-tracker"):
         p.add_argument(f"--{name}", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.role == "lt-seed":
         return lt_seed_role(args)
-    methods = [m for m in METHODS if m in args.only.split(",")]
-    if unknown := set(args.only.split(",")) - set(METHODS):
+    if args.role == "lt-download":
+        return lt_download_role(args)
+    if args.download:
+        args.only = ",".join(DOWNLOAD_METHODS)
+    methods = [m for m in (*METHODS, *DOWNLOAD_METHODS) if m in args.only.split(",")]
+    if unknown := set(args.only.split(",")) - set(METHODS) - set(DOWNLOAD_METHODS):
         p.error(f"unknown in --only: {', '.join(sorted(unknown))}")
     if args.profile:
         args.profile = os.path.abspath(args.profile)
@@ -737,8 +988,9 @@ def main() -> int:
             note = "loopback (--no-netns)"
         else:
             note = f"loopback: NO network namespace ({why})"
-        if "libtorrent" in methods:
-            methods.remove("libtorrent")
+        if skipped := [m for m in ("libtorrent", "libtorrent-dl") if m in methods]:
+            for m in skipped:
+                methods.remove(m)
             note += "; libtorrent skipped (its ICE never gathers on 127/8)"
             print(f"libtorrent is skipped: it needs a network namespace. {note}", file=sys.stderr)
     import uvloop

@@ -30,6 +30,7 @@ import contextvars
 import ipaddress
 import logging
 import secrets
+import socket
 import struct
 import urllib.parse
 from collections.abc import Iterator
@@ -72,6 +73,11 @@ READ_QUEUE_LIMIT = 16 * 1024 * 1024
 READ_BATCH_LIMIT = 256 * 1024
 
 
+#: The receive buffer asked for on each ICE socket (RtcConfig.receive_buffer), and the most it may be set to.
+ICE_RECEIVE_BUFFER = 4 * 1024 * 1024
+ICE_RECEIVE_BUFFER_MAX = 64 * 1024 * 1024
+
+
 @dataclass(frozen=True)
 class RtcConfig:
     """How WebRTC peer connections are made. The defaults work on a normal host with a public address;
@@ -98,6 +104,13 @@ class RtcConfig:
     #: Apply :mod:`bridge.net.rtc_sctp`'s fixes to aiortc's SCTP (no spurious retransmissions, a receive window,
     #: bounded gap reports) and its lean send path. Off only to measure aiortc as it is (bench/rtc_raw.py).
     sctp_fixes: bool = True
+    #: SO_RCVBUF asked for on each ICE host socket (0: leave aioice's 256 KiB). A browser sends its
+    #: congestion window in bursts, and whatever arrives while the event loop is busy elsewhere (a piece to
+    #: write, a hash to check) waits in this buffer: with 256 KiB, a 64 MiB download from WebTorrent in
+    #: Chromium lost 2-5% of its datagrams to a full buffer (bench/rtc_throughput.py --download), each a
+    #: retransmission and a halved window at the sender; with 4 MiB, none. Linux grants at most
+    #: net.core.rmem_max (often 208 KiB: raise it with sysctl to get the benefit).
+    receive_buffer: int = ICE_RECEIVE_BUFFER
 
     def __post_init__(self) -> None:
         for url in self.ice_servers:
@@ -111,6 +124,8 @@ class RtcConfig:
             raise ValueError("connect_timeout must be positive")
         if not 0 <= self.buffered_amount_low < self.buffered_amount_high:
             raise ValueError("need 0 <= buffered_amount_low < buffered_amount_high")
+        if not 0 <= self.receive_buffer <= ICE_RECEIVE_BUFFER_MAX:
+            raise ValueError(f"receive_buffer must be 0 to {ICE_RECEIVE_BUFFER_MAX} bytes")
 
 
 def _ice_server(url: str) -> RTCIceServer:
@@ -460,6 +475,28 @@ def _new_peer_connection(config: RtcConfig) -> RTCPeerConnection:
     return RTCPeerConnection(RTCConfiguration(iceServers=[_ice_server(u) for u in config.ice_servers]))
 
 
+def _grow_receive_buffers(pc: RTCPeerConnection, size: int) -> None:
+    """Ask for a ``size``-byte SO_RCVBUF on every socket ICE gathered on (after gathering: aioice opens
+    them in setLocalDescription). Best effort: private aioice state, and the kernel may give less."""
+    if not size:
+        return
+    try:
+        connection = pc.sctp.transport.transport.iceGatherer._connection  # type: ignore[union-attr]
+        protocols = list(connection._protocols)
+    except AttributeError:  # another aioice or aiortc: leave the system default
+        log.debug("cannot reach the ICE sockets to set their receive buffer")
+        return
+    for protocol in protocols:
+        transport = getattr(protocol, "transport", None)
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is None:
+            continue
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+        except OSError as exc:
+            log.debug("SO_RCVBUF %d refused on an ICE socket: %s", size, exc)
+
+
 def _watch_failure(pc: RTCPeerConnection, opened: asyncio.Future[RtcTransport]) -> None:
     """Fail ``opened`` as soon as the connection fails, rather than at the timeout."""
 
@@ -590,6 +627,7 @@ async def create_offer(config: RtcConfig | None = None) -> PendingOffer:
         _watch_failure(pc, opened)
         with _gathering_on(config.host_addresses):
             await pc.setLocalDescription(await pc.createOffer())
+        _grow_receive_buffers(pc, config.receive_buffer)
         local = pc.localDescription
         assert local is not None
     except BaseException:
@@ -631,6 +669,7 @@ async def answer_offer(offer_sdp: str, config: RtcConfig | None = None) -> tuple
                 raise RemoteProtocolError(f"unusable SDP offer: {type(exc).__name__}: {exc}") from None
             with _gathering_on(config.host_addresses):
                 await pc.setLocalDescription(answer)
+            _grow_receive_buffers(pc, config.receive_buffer)
             await _end_of_remote_candidates(pc, candidates)
         local = pc.localDescription
         assert local is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import random
 import re
@@ -11,6 +12,7 @@ import struct
 from collections.abc import AsyncIterator
 
 import aioice.ice
+import aioice.turn
 import pytest
 import rtc_pair
 
@@ -503,6 +505,10 @@ def test_config_validation_and_turn_credentials() -> None:
         RtcConfig(host_addresses=("localhost",))
     with pytest.raises(ValueError):
         RtcConfig(buffered_amount_high=10, buffered_amount_low=10)
+    with pytest.raises(ValueError):
+        RtcConfig(receive_buffer=-1)
+    with pytest.raises(ValueError):
+        RtcConfig(receive_buffer=rtc.ICE_RECEIVE_BUFFER_MAX + 1)
     server = rtc._ice_server("turn:us%40er:p%3Aw@turn.example.com:3478?transport=tcp")
     assert server.urls == "turn:turn.example.com:3478?transport=tcp"
     assert (server.username, server.credential) == ("us@er", "p:w")
@@ -566,3 +572,32 @@ async def test_wire_handshake_and_pieces_over_rtc(pair: tuple[RtcTransport, RtcT
     await b.write(wb.send(Piece(5, 16384, blocks[0])))
     (back,) = await events(a, wa, 1)
     assert isinstance(back, Piece) and (back.index, back.begin, bytes(back.data)) == (5, 16384, blocks[0])
+
+
+def _ice_receive_buffers(t: RtcTransport) -> list[int]:
+    connection = t._pc.sctp.transport.transport.iceGatherer._connection  # type: ignore[union-attr]
+    return [p.transport.get_extra_info("socket").getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+            for p in connection._protocols]
+
+
+async def test_ice_sockets_get_the_configured_receive_buffer() -> None:
+    """Both roles ask for RtcConfig.receive_buffer on the sockets they gathered on (Linux reports twice
+    what it grants, and grants at most net.core.rmem_max); 0 leaves what aioice asks for."""
+    with open("/proc/sys/net/core/rmem_max") as f:
+        rmem_max = int(f.read())
+    granted = 2 * min(rtc.ICE_RECEIVE_BUFFER, rmem_max)
+    aioice_own = 2 * min(aioice.turn.UDP_SOCKET_BUFFER_SIZE, rmem_max)
+    assert granted > aioice_own, f"net.core.rmem_max is {rmem_max}: no room above aioice's buffer to test with"
+    pair = await rtc_pair.connect(LOOPBACK, WAIT)
+    try:
+        for t in pair:
+            sizes = _ice_receive_buffers(t)
+            assert sizes and all(size == granted for size in sizes), sizes
+    finally:
+        await rtc_pair.close(pair, WAIT)
+    pair = await rtc_pair.connect(dataclasses.replace(LOOPBACK, receive_buffer=0), WAIT)
+    try:
+        for t in pair:
+            assert _ice_receive_buffers(t) == [aioice_own]
+    finally:
+        await rtc_pair.close(pair, WAIT)

@@ -494,7 +494,8 @@ _rtc_raw_with_chromium = rtc_raw.with_chromium
 async def run_raw(ctx: Context, method: str = "raw") -> Result:
     """bench/rtc_raw.py's aiortc-chromium, with this run's file as its payload and the browser's CPU taken
     around its ``run(page)`` (which includes the channel's set-up, a fraction of a second). ``path``: the
-    same with the bridge's SCTP (bridge/net/rtc_sctp.py, as the bridge's peer connections have it)."""
+    same with the bridge's SCTP (bridge/net/rtc_sctp.py, as the bridge's peer connections have it) and
+    socket buffers. ``raw-dl`` and ``path-dl``: the same the other way, rtc_raw.py's chromium-aiortc."""
     browser: dict[str, float] = {}
 
     async def with_chromium(run: Any) -> dict[str, Any]:
@@ -509,12 +510,13 @@ async def run_raw(ctx: Context, method: str = "raw") -> Result:
     rtc_raw.payload = lambda size: ctx.data
     rtc_raw.with_chromium = with_chromium
     stock = rtc_raw.CONFIG
-    path = method == "path"
+    path = method.startswith("path")
     rtc_raw.CONFIG = dataclasses.replace(stock, sctp_fixes=path, receive_buffer=ICE_RECEIVE_BUFFER if path else 0)
+    pair = rtc_raw.chromium_to_aiortc if method.endswith("-dl") else rtc_raw.aiortc_to_chromium
     drops0 = udp_rcvbuf_errors()
     try:
         async with asyncio.timeout(ctx.args.timeout):
-            r = await rtc_raw.aiortc_to_chromium(len(ctx.data), "uvloop")
+            r = await pair(len(ctx.data), "uvloop")
     finally:
         rtc_raw.CONFIG = stock
     drops = udp_rcvbuf_errors() - drops0
@@ -675,40 +677,13 @@ async def run_libtorrent_dl(ctx: Context) -> Result:
     return await download_from_page(ctx, "libtorrent-dl", start, done)
 
 
-async def run_raw_dl(ctx: Context, method: str = "raw-dl") -> Result:
-    """bench/rtc_raw.py's chromium-aiortc (the page's own random bytes, ``--size-mib`` of them), with the
-    browser's CPU and the drops taken around it. ``path-dl``: the same with the bridge's SCTP."""
-    browser: dict[str, float] = {}
-
-    async def with_chromium(run: Any) -> dict[str, Any]:
-        async def timed(page: Any) -> dict[str, Any]:
-            before, t0 = browser_cpu(), time.perf_counter()
-            result = await run(page)
-            browser["cpu"] = 100 * cpu_delta(before, browser_cpu()) / (time.perf_counter() - t0)
-            return result
-
-        return await _rtc_raw_with_chromium(timed)
-
-    rtc_raw.with_chromium = with_chromium
-    stock = rtc_raw.CONFIG
-    path = method == "path-dl"
-    rtc_raw.CONFIG = dataclasses.replace(stock, sctp_fixes=path, receive_buffer=ICE_RECEIVE_BUFFER if path else 0)
-    drops0 = udp_rcvbuf_errors()
-    try:
-        async with asyncio.timeout(ctx.args.timeout):
-            r = await rtc_raw.chromium_to_aiortc(len(ctx.data), "uvloop")
-    finally:
-        rtc_raw.CONFIG = stock
-    drops = udp_rcvbuf_errors() - drops0
-    await rtc_raw.wait_closing()
-    m = re.search(r"python (\d+)%", r["cpu"])
-    cpu = float(m.group(1)) if m else None
-    return Result(method, r["ok"], r["wall"], seeder_cpu=cpu, seeder_cpu_s=cpu * r["wall"] / 100 if cpu else None,
-                  browser_cpu=browser.get("cpu"), udp_drops=drops if ctx.netns else None)
+async def run_raw_dl(ctx: Context) -> Result:
+    """bench/rtc_raw.py's chromium-aiortc: the page sends its own random bytes (``--size-mib`` of them)."""
+    return await run_raw(ctx, "raw-dl")
 
 
 async def run_path_dl(ctx: Context) -> Result:
-    return await run_raw_dl(ctx, "path-dl")
+    return await run_raw(ctx, "path-dl")
 
 
 RUNNERS = {"bridge": run_bridge, "raw": run_raw, "path": run_path, "raw-aiortc": run_raw_aiortc,

@@ -26,7 +26,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -38,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "Dockerfile"
@@ -843,19 +843,6 @@ def test_compose_example_publishes_the_peer_port_and_needs_the_token():
     assert "wss://" in caddy and "wss://" in compose, "explain why the tracker needs wss:// behind TLS"
 
 
-def _free_port() -> int:
-    """A port free for both TCP and UDP on 127.0.0.1 (the peer port and the tracker use both)."""
-    for _ in range(50):
-        with socket.socket() as t:
-            t.bind(("127.0.0.1", 0))
-            port = t.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                try:
-                    u.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise AssertionError("no free port")
 
 
 @pytest.mark.timeout(PIP_TIMEOUT + NPM_TIMEOUT + 240)
@@ -885,7 +872,7 @@ def test_image_command_runs_from_the_runtime_layout(runtime_run: StageRun, final
     assert res.returncode != 0, "serve started on 0.0.0.0 without an API token"
     assert "BRIDGE_API_TOKEN" in res.stderr, res.stderr
 
-    http_port, peer_port, tracker_port = _free_port(), _free_port(), _free_port()
+    http_port, peer_port, tracker_port = free_port(udp_too=True), free_port(udp_too=True), free_port(udp_too=True)
     swap = {"--host": "127.0.0.1", "--http-port": str(http_port), "--port": str(peer_port)}
     local = [swap.get(prev, a) for prev, a in zip(["", *argv[:-1]], argv, strict=True)]
     local += ["--peer-host", "127.0.0.1", "--tracker-port", str(tracker_port)]

@@ -9,7 +9,6 @@ import logging
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ports import free_port
 
 from bridge.cli import JsonFormatter, build_parser, serve_settings
 from bridge.config import SessionConfig
@@ -46,10 +46,6 @@ def bridge(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -
                           timeout=timeout, env=env if env is not None else clean_environ())
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # ------------------------------------------------------------------------------------------ precedence

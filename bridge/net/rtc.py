@@ -497,6 +497,24 @@ def _grow_receive_buffers(pc: RTCPeerConnection, size: int) -> None:
             log.debug("SO_RCVBUF %d refused on an ICE socket: %s", size, exc)
 
 
+_turn_warned: set[str] = set()
+
+
+def _check_relay(config: RtcConfig, sdp: str) -> None:
+    """Warn, once per server and process, when a TURN server is configured but gathering got no relay
+    candidate from it: wrong credentials or an unreachable server are otherwise silent (aioice drops the
+    error), and peers behind a NAT then fail to connect with no hint why. aiortc uses the first TURN URL."""
+    turn = next((u for u in config.ice_servers if u.startswith(("turn:", "turns:"))), None)
+    if turn is None or " typ relay" in sdp:
+        return
+    server = str(_ice_server(turn).urls)  # one URL; the credentials stay out of the log
+    if server in _turn_warned:
+        return
+    _turn_warned.add(server)
+    log.warning("the TURN server %s gave no relay candidate: check its user name and password and that it is "
+                "reachable; WebRTC peers behind a NAT may not connect", server)
+
+
 def _watch_failure(pc: RTCPeerConnection, opened: asyncio.Future[RtcTransport]) -> None:
     """Fail ``opened`` as soon as the connection fails, rather than at the timeout."""
 
@@ -630,6 +648,7 @@ async def create_offer(config: RtcConfig | None = None) -> PendingOffer:
         _grow_receive_buffers(pc, config.receive_buffer)
         local = pc.localDescription
         assert local is not None
+        _check_relay(config, local.sdp)
     except BaseException:
         opened.cancel()
         _spawn(_close_pc(pc))
@@ -673,6 +692,7 @@ async def answer_offer(offer_sdp: str, config: RtcConfig | None = None) -> tuple
             await _end_of_remote_candidates(pc, candidates)
         local = pc.localDescription
         assert local is not None
+        _check_relay(config, local.sdp)
     except BaseException:
         _discard(pc, opened)
         raise

@@ -15,6 +15,7 @@ import re
 import socket
 
 import pytest
+import turn_server
 from chromium_rtc import RtcPage, candidates, loopback_only
 
 from bridge.net.rtc import MAX_MESSAGE_SIZE, RtcConfig, RtcTransport, answer_offer, create_offer
@@ -127,3 +128,31 @@ async def test_python_offers_browser_answers(page: RtcPage) -> None:
         transport.close()
         async with asyncio.timeout(WAIT):
             await transport.wait_closed()
+
+
+async def test_chromium_and_the_bridge_meet_through_turn_only(page: RtcPage, tmp_path) -> None:
+    """Both sides relay-only through a real TURN server (coturn on 127.0.0.1): Chromium's TURN client
+    with its own RTCConfiguration, the bridge's from a ``turn:user:pass@host:port`` URL as --ice-server
+    takes it. Every byte goes through coturn, so this proves the credentials and the relay, both ways."""
+    async with turn_server.coturn(tmp_path) as port:
+        browser_config = {
+            "iceServers": [{"urls": f"turn:127.0.0.1:{port}", "username": turn_server.USER,
+                            "credential": turn_server.PASSWORD}],
+            "iceTransportPolicy": "relay",
+        }
+        offer = await page.call("makeOffer", browser_config)
+        assert candidates(offer) and all(" typ relay" in c for c in candidates(offer)), candidates(offer)
+        config = RtcConfig(host_addresses=("127.0.0.1",), ice_servers=(turn_server.turn_url(port),),
+                           connect_timeout=20.0)
+        with turn_server.relay_only():
+            answer, answered = await answer_offer(offer, config)
+        assert candidates(answer) and all(" typ relay" in c for c in candidates(answer)), candidates(answer)
+        async with asyncio.timeout(WAIT):
+            _, transport = await asyncio.gather(page.call("acceptAnswer", answer), answered)
+        try:
+            assert turn_server.selected_pair(transport) == ("relay", "relay")
+            await exchange(page, transport)
+        finally:
+            transport.close()
+            async with asyncio.timeout(WAIT):
+                await transport.wait_closed()

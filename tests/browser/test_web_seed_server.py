@@ -7,7 +7,6 @@ import asyncio
 import base64
 import hashlib
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,15 +14,12 @@ from pathlib import Path
 import bencodepy
 import peers
 import pytest
+from ports import free_port
 from test_webtorrent_bridge import REPO, stop, wt_page  # noqa: F401  (wt_page is a fixture)
 
 FILES = {"clip one.webm": 1_300_000, "sub/notes ü.txt": 70_001, "sub/deeper/data.bin": 900_000}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def make_folder(root: Path) -> dict[str, str]:

@@ -29,7 +29,6 @@ import re
 import select
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -42,6 +41,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
+from ports import free_port
 
 lt: Any
 _LT_IMPORT_ERROR: ImportError | None
@@ -93,13 +93,6 @@ def next_loopback_ip() -> str:
     The bridge and libtorrent stay on 127.0.0.1.
     """
     return f"127.0.0.{10 + next(_loopback_counter) % 240}"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free on ``host`` right now (for programs that cannot take port 0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def require_program(name: str) -> str:

@@ -57,8 +57,9 @@ function channelOpen(channel) {
 }
 
 // --- the page offers -----------------------------------------------------------------------------
-window.makeOffer = async () => {
-  const pc = new RTCPeerConnection({ iceServers: [] });
+// ``config``: an RTCConfiguration (a TURN server and iceTransportPolicy 'relay', say); none by default.
+window.makeOffer = async (config = { iceServers: [] }) => {
+  const pc = new RTCPeerConnection(config);
   state.pc = pc;
   const label = Array.from(crypto.getRandomValues(new Uint8Array(20)), (b) => b.toString(16).padStart(2, '0')).join('');
   adopt(pc.createDataChannel(label, { ordered: true }));
@@ -74,8 +75,8 @@ window.acceptAnswer = async (sdp) => {
 };
 
 // --- the page answers ----------------------------------------------------------------------------
-window.answerOffer = async (sdp) => {
-  const pc = new RTCPeerConnection({ iceServers: [] });
+window.answerOffer = async (sdp, config = { iceServers: [] }) => {
+  const pc = new RTCPeerConnection(config);
   state.pc = pc;
   state.incoming = new Promise((resolve) => {
     pc.ondatachannel = (event) => { adopt(event.channel); resolve(event.channel); };

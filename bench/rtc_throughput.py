@@ -881,11 +881,13 @@ async def main_async(args: argparse.Namespace, host: str, methods: list[str], no
             ratio = best["raw-aiortc"].first_s / best["bridge"].first_s
             print(f"bridge / raw aiortc -> aiortc, MB/s first byte->done: {ratio:.3f} (bar 0.80: "
                   f"{'met' if ratio >= 0.8 else 'NOT met'}){same_run(results, 'bridge', 'raw-aiortc')}")
-        if "bridge" in best and "libtorrent" in best:
-            b, t = best["bridge"], best["libtorrent"]
-            tb, tt = best_total["bridge"], best_total["libtorrent"]
-            print(f"bridge time / libtorrent time: first byte->done {b.first_s / t.first_s:.2f}"
-                  + (f", add()->done {tb / tt:.2f}" if tb and tt else ""))
+        for bridge, lt, prefix, setup in (("bridge", "libtorrent", "", "add()"),
+                                          ("bridge-dl", "libtorrent-dl", "download: ", "start")):
+            if bridge in best and lt in best:
+                tb, tt = best_total[bridge], best_total[lt]
+                print(f"{prefix}bridge time / libtorrent time: first byte->done "
+                      f"{best[bridge].first_s / best[lt].first_s:.2f}"
+                      + (f", {setup}->done {tb / tt:.2f}" if tb and tt else ""))
         if "bridge-dl" in best and "raw-dl" in best:
             ratio = best["raw-dl"].first_s / best["bridge-dl"].first_s
             print(f"download: bridge / raw Chromium -> aiortc, MB/s first byte->done: {ratio:.3f}"
@@ -893,11 +895,6 @@ async def main_async(args: argparse.Namespace, host: str, methods: list[str], no
         if "path-dl" in best and "raw-dl" in best:
             print(f"download: the bridge's WebRTC path alone / raw aiortc, from the same page: "
                   f"{best['raw-dl'].first_s / best['path-dl'].first_s:.2f}")
-        if "bridge-dl" in best and "libtorrent-dl" in best:
-            b, t = best["bridge-dl"], best["libtorrent-dl"]
-            tb, tt = best_total["bridge-dl"], best_total["libtorrent-dl"]
-            print(f"download: bridge time / libtorrent time: first byte->done {b.first_s / t.first_s:.2f}"
-                  + (f", start->done {tb / tt:.2f}" if tb and tt else ""))
         return 1 if failed else 0
     finally:
         await children.close()

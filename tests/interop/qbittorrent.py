@@ -53,6 +53,7 @@ from peers import (
     require_program,
     tail,
 )
+from ports import free_port
 
 #: qBittorrent's names for the transport of a peer connection (``sync/torrentPeers`` "connection").
 #: 4.5 writes uTP with a Greek mu; a micro sign or plain "u" is accepted too.
@@ -68,21 +69,6 @@ DOWNLOADING_STATES = frozenset({"downloading", "stalledDL", "queuedDL", "forcedD
 REDIAL_INTERVAL = 3.0
 #: Bound for one Web API request.
 API_TIMEOUT = 10.0
-
-
-def free_tcp_udp_port(host: str) -> int:
-    """A port free for both TCP and UDP on ``host`` (qBittorrent listens on both with one number)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind((host, 0))
-            port = int(tcp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind((host, port))
-                except OSError:
-                    continue
-                return port
-    fail(f"no port free for both TCP and UDP on {host}")
 
 
 def is_utp(connection: str) -> bool:
@@ -110,8 +96,8 @@ class QBittorrent(ManagedProcess):
         #: ``{"ip:port": {connection types}}`` of every peer ``peers()`` has seen.
         self.seen_connections: dict[str, set[str]] = {}
         self.bind_ip = next_loopback_ip()
-        self.peer_port = free_tcp_udp_port(self.bind_ip)
-        self.webui_port = free_tcp_udp_port(self.bind_ip)
+        self.peer_port = free_port(self.bind_ip, udp_too=True)
+        self.webui_port = free_port(self.bind_ip, udp_too=True)
         self.workdir = workdir
         self.profile = workdir / "profile"
         self.download_dir = workdir / "downloads"

@@ -237,6 +237,7 @@ class Result:
     seeder_cpu_s: float | None = None  # CPU seconds over the same window
     browser_cpu: float | None = None
     udp_drops: int | None = None  # datagrams dropped for a full receive buffer (namespace only)
+    own_drops: int | None = None  # ...of them, at the sockets of the process that is not the browser
     dc: dict[str, int] | None = None  # the page's data-channel messages: received, receivedBytes, sent
 
     def cpu_text(self, python_side: str) -> str:
@@ -311,6 +312,24 @@ def browser_cpu() -> dict[int, float]:
 def cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
     """CPU seconds used between two browser_cpu() samples (processes that ended meanwhile are lost)."""
     return sum(t - before.get(pid, 0.0) for pid, t in after.items())
+
+
+def socket_drops(pid: int) -> int | None:
+    """Datagrams dropped so far at the UDP sockets ``pid`` has open (the drops column of /proc/net/udp,
+    this namespace's); None if the process is gone."""
+    try:
+        inodes = {link[8:-1] for fd in os.listdir(f"/proc/{pid}/fd")
+                  if (link := os.readlink(f"/proc/{pid}/fd/{fd}")).startswith("socket:[")}
+    except OSError:
+        return None
+    total = 0
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            for line in list(f)[1:]:
+                fields = line.split()
+                if len(fields) > 12 and fields[9] in inodes:
+                    total += int(fields[-1])
+    return total
 
 
 def udp_rcvbuf_errors() -> int:
@@ -453,6 +472,7 @@ async def page_download(ctx: Context, method: str, tracker: str, seeder: Child) 
             print(f"  the page's JavaScript profile ({method}): {path}\n{profile_top(profile)}", file=sys.stderr)
         seeder1, browser1 = seeder.cpu(), browser_cpu()
         drops = udp_rcvbuf_errors() - drops0
+        own_drops = socket_drops(seeder.pid)
         digests = await page.evaluate(HASH_JS)
     t = out["t"]
     return Result(
@@ -461,7 +481,7 @@ async def page_download(ctx: Context, method: str, tracker: str, seeder: Child) 
         seeder_cpu=100 * (seeder1 - seeder0) / wall if seeder0 is not None and seeder1 is not None else None,
         seeder_cpu_s=seeder1 - seeder0 if seeder0 is not None and seeder1 is not None else None,
         browser_cpu=100 * cpu_delta(browser0, browser1) / wall,
-        udp_drops=drops if ctx.netns else None, dc=out.get("dc"),
+        udp_drops=drops if ctx.netns else None, own_drops=own_drops, dc=out.get("dc"),
     )
 
 
@@ -614,6 +634,7 @@ async def download_from_page(ctx: Context, method: str, start: Any, done: Any) -
             async with asyncio.timeout(ctx.args.timeout):
                 t_done, copy = await done(child)
                 cpu1, browser1 = child.cpu(), browser_cpu()
+                own_drops = socket_drops(child.pid)
                 t_first, cpu0, browser0 = await seeding.first
             drops = udp_rcvbuf_errors() - drops0
             dc = await seeding.page.evaluate("() => window.benchDc")
@@ -624,7 +645,7 @@ async def download_from_page(ctx: Context, method: str, start: Any, done: Any) -
             seeder_cpu=100 * (cpu1 - cpu0) / wall if cpu0 is not None and cpu1 is not None else None,
             seeder_cpu_s=cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None,
             browser_cpu=100 * cpu_delta(browser0, browser1) / wall,
-            udp_drops=drops if ctx.netns else None, dc=dc,
+            udp_drops=drops if ctx.netns else None, own_drops=own_drops, dc=dc,
         )
     except BaseException:
         if child is not None:
@@ -838,7 +859,9 @@ async def main_async(args: argparse.Namespace, host: str, methods: list[str], no
                           + (f", {size / r.total_s / 1e6:.1f} MB/s start->done ({r.total_s:.2f} s from starting the "
                              f"downloader; first block after {r.setup_s:.2f} s)"
                              if r.total_s is not None and r.wire_s is None else "")
-                          + f", {r.cpu_text(PYTHON_SIDE[m])}, UDP drops {fmt(r.udp_drops, 'd')}, "
+                          + f", {r.cpu_text(PYTHON_SIDE[m])}, UDP drops {fmt(r.udp_drops, 'd')}"
+                          + (f" ({r.own_drops} at the {PYTHON_SIDE[m]}'s sockets)" if r.own_drops is not None else "")
+                          + ", "
                           + (f"page got {r.dc['received']} messages (mean {r.dc['receivedBytes'] // max(1, r.dc['received'])}"
                              f" B) and sent {r.dc['sent']}, " if r.dc else "")
                           + f"data {'OK' if r.ok else 'WRONG'}", file=sys.stderr)

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 from aiortc import RTCConfiguration, RTCIceTransportPolicy
+from peers import tail
 from ports import free_port
 
 from bridge.net import rtc
@@ -84,13 +85,6 @@ async def coturn(workdir: Path) -> AsyncIterator[int]:
                 await proc.wait()
 
 
-def tail(log: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
 def turn_url(port: int, password: str = PASSWORD) -> str:
     """The server as the bridge's settings take it (--ice-server), credentials in the URL."""
     return f"turn:{USER}:{password}@127.0.0.1:{port}"
@@ -110,6 +104,5 @@ def relay_only() -> Iterator[None]:
 
 def selected_pair(transport: rtc.RtcTransport) -> tuple[str, str]:
     """(local, remote) candidate types of the connection's nominated ICE pair (aioice state)."""
-    connection = transport._pc.sctp.transport.transport.iceGatherer._connection  # type: ignore[union-attr]
-    pair = connection._nominated[1]
+    pair = rtc._ice_connection(transport._pc)._nominated[1]
     return pair.local_candidate.type, pair.remote_candidate.type

@@ -282,11 +282,16 @@ async def _close_pc(pc: RTCPeerConnection) -> None:
         log.debug("error closing a peer connection", exc_info=True)
 
 
+def _ice_connection(pc: RTCPeerConnection) -> Any:
+    """The aioice Connection under ``pc``'s data channels (private aiortc state: AttributeError if this aiortc
+    does not have it, or before there is an SCTP transport)."""
+    return pc.sctp.transport.transport._connection  # type: ignore[union-attr]
+
+
 def _selected_remote_address(pc: RTCPeerConnection) -> tuple[str, int]:
     """The (ip, port) of the nominated remote ICE candidate, or ("webrtc", 0) if aiortc does not tell."""
     try:
-        connection = pc.sctp.transport.transport._connection  # type: ignore[union-attr]
-        for pair in connection._nominated.values():
+        for pair in _ice_connection(pc)._nominated.values():
             host, port = pair.remote_addr[:2]
             return (str(host), int(port))
     except Exception:  # private aioice state: best effort, for logs and bans only
@@ -481,8 +486,7 @@ def _grow_receive_buffers(pc: RTCPeerConnection, size: int) -> None:
     if not size:
         return
     try:
-        connection = pc.sctp.transport.transport.iceGatherer._connection  # type: ignore[union-attr]
-        protocols = list(connection._protocols)
+        protocols = list(_ice_connection(pc)._protocols)
     except AttributeError:  # another aioice or aiortc: leave the system default
         log.debug("cannot reach the ICE sockets to set their receive buffer")
         return

@@ -575,9 +575,8 @@ async def test_wire_handshake_and_pieces_over_rtc(pair: tuple[RtcTransport, RtcT
 
 
 def _ice_receive_buffers(t: RtcTransport) -> list[int]:
-    connection = t._pc.sctp.transport.transport.iceGatherer._connection  # type: ignore[union-attr]
     return [p.transport.get_extra_info("socket").getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-            for p in connection._protocols]
+            for p in rtc._ice_connection(t._pc)._protocols]
 
 
 async def test_ice_sockets_get_the_configured_receive_buffer() -> None:

@@ -34,6 +34,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from OpenSSL import SSL
 
+from bridge.net import rtc
 from bridge.net.rtc import RtcConfig, RtcTransport
 from bridge.net.rtc_sctp import (
     MAX_DATA_CHANNELS,
@@ -693,3 +694,102 @@ async def test_a_zero_length_parameter_is_dropped_not_looped_on() -> None:
         assert receiver._association_state == receiver.State.ESTABLISHED
     finally:
         await close(a, b)
+
+
+# ------------------------------------------------------------------------- records taken in the callback
+
+
+def count_queued(t: RtcTransport) -> dict[str, int]:
+    """Counts the datagrams ``t``'s ICE connection queues for aiortc's DTLS task (the rest were taken in
+    the socket's callback)."""
+    connection = rtc._ice_connection(t._pc)
+    counts = {"queued": 0}
+    queue = connection.data_received
+
+    def counted(data: bytes, component: int) -> None:
+        counts["queued"] += 1
+        queue(data, component)
+
+    connection.data_received = counted
+    return counts
+
+
+def received_packets(t: RtcTransport) -> int:
+    return sctp_of(t).transport._RTCDtlsTransport__rx_packets  # type: ignore[no-any-return]
+
+
+async def test_records_are_taken_in_the_socket_callback() -> None:
+    """Once the channel is open, a datagram is decrypted and handled where the socket delivers it, not
+    queued for aiortc's DTLS task: almost none are queued, and the stream arrives whole both ways."""
+    a, b = await connect(LOOPBACK)
+    try:
+        queued_a, queued_b = count_queued(a), count_queued(b)
+        before = received_packets(b)
+        await transfer(a, b, 4 << 20)
+        await transfer(b, a, 1 << 20)
+        got = received_packets(b) - before
+        assert got > 3000
+        # (one is queued where one arrives while a record taken in the callback waits to go on in a task:
+        # none on this path)
+        assert queued_b["queued"] <= got // 100 and queued_a["queued"] <= got // 100, (queued_a, queued_b, got)
+    finally:
+        await close(a, b)
+
+
+async def test_a_record_that_suspends_goes_on_in_order() -> None:
+    """aiortc's own code, which the lean path falls back on, may suspend in the middle of a record. The
+    record then goes on in a task, the datagrams behind it wait in aiortc's queue, and the stream keeps
+    its order: here every fifth SCTP packet the receiver handles yields to the event loop first."""
+    a, b = await connect(LOOPBACK)
+    try:
+        receiver = sctp_of(b)
+        handle = receiver._handle_data
+        counts = {"packets": 0, "yielded": 0}
+        handled: list[int] = []  # each packet's arrival number, in the order they are handled
+
+        async def slow_now_and_then(data: bytes) -> None:
+            counts["packets"] += 1
+            n = counts["packets"]
+            if n % 5 == 0:
+                counts["yielded"] += 1
+                await asyncio.sleep(0)
+            handled.append(n)
+            await handle(data)
+
+        receiver._handle_data = slow_now_and_then  # type: ignore[method-assign]
+        queued = count_queued(b)
+        await transfer(a, b, 2 << 20)
+        await transfer(b, a, 256 << 10)
+        assert counts["yielded"] > 200 and queued["queued"] > 0, (counts, queued)
+        # (SCTP would put reordered packets right, so the stream alone would not show it)
+        assert handled == sorted(handled)
+    finally:
+        await close(a, b)
+
+
+@pytest.mark.parametrize("suspend", [False, True], ids=["at-once", "in-a-task"])
+async def test_an_error_in_a_record_taken_in_the_callback_ends_the_connection(suspend: bool) -> None:
+    """An error in a record taken in the socket's callback reaches aiortc's DTLS task, which ends the
+    connection as it would have had it run the record: the reader sees the end of the stream. Nothing is
+    left for the event loop to report (no unretrieved exception)."""
+    a, b = await connect(LOOPBACK)
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    try:
+        receiver = sctp_of(b)
+
+        async def broken(data: bytes) -> None:
+            if suspend:
+                await asyncio.sleep(0)
+            raise ConnectionError("broken on purpose")
+
+        receiver._handle_data = broken  # type: ignore[method-assign]
+        await a.write(b"x" * 100)
+        async with asyncio.timeout(WAIT):
+            assert await b.read() == b""
+        assert sctp_of(b).transport.state == "closed"
+    finally:
+        await close(a, b)
+        loop.set_exception_handler(None)
+    assert not reported

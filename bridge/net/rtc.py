@@ -32,8 +32,9 @@ import logging
 import secrets
 import socket
 import struct
+import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -473,11 +474,26 @@ class RtcTransport:
 # ------------------------------------------------------------------------------------- establishing
 
 
-def _new_peer_connection(config: RtcConfig) -> RTCPeerConnection:
+def _new_peer_connection(config: RtcConfig) -> tuple[RTCPeerConnection, list[str]]:
+    """A peer connection, and the ICE server URLs it was given (those of ``config`` that answer lately)."""
     _install_stun_parse_guard()
     rtc_sctp.install_params_guard()  # a security fix, so also without sctp_fixes
+    urls = ICE_SERVERS.usable(config.ice_servers)
     # An explicit (possibly empty) list: aiortc would otherwise add Google's public STUN server.
-    return RTCPeerConnection(RTCConfiguration(iceServers=[_ice_server(u) for u in config.ice_servers]))
+    return RTCPeerConnection(RTCConfiguration(iceServers=[_ice_server(u) for u in urls])), urls
+
+
+@contextlib.contextmanager
+def _gathering(pc: RTCPeerConnection, config: RtcConfig, urls: list[str]) -> Iterator[None]:
+    """Around setLocalDescription (where aiortc gathers): on ``config``'s host addresses; then the sockets'
+    receive buffers are set and the ICE servers judged by what they gave."""
+    started = time.monotonic()
+    with _gathering_on(config.host_addresses):
+        yield
+    _grow_receive_buffers(pc, config.receive_buffer)
+    local = pc.localDescription
+    if urls and local is not None:
+        ICE_SERVERS.gathered(urls, local.sdp, time.monotonic() - started)
 
 
 def _grow_receive_buffers(pc: RTCPeerConnection, size: int) -> None:
@@ -501,22 +517,61 @@ def _grow_receive_buffers(pc: RTCPeerConnection, size: int) -> None:
             log.debug("SO_RCVBUF %d refused on an ICE socket: %s", size, exc)
 
 
-_turn_warned: set[str] = set()
+#: A configured STUN or TURN server that gave nothing is left out of new connections for this long, and twice
+#: as long each time it fails again, up to ICE_SERVER_RETRY_MAX. aioice waits 5 s for a server that does
+#: not answer, in every offer and every answer (a 5-offer announce then takes 25 s), and a relay that
+#: refuses our credentials will refuse them again.
+ICE_SERVER_RETRY = 60.0
+ICE_SERVER_RETRY_MAX = 900.0
+#: Gathering that takes this long without a server-reflexive candidate means the STUN server did not
+#: answer (aioice gives it 5 s; an answer takes one round trip).
+GATHER_SLOW = 4.0
 
 
-def _check_relay(config: RtcConfig, sdp: str) -> None:
-    """Warn, once per server and process, when a TURN server is configured but gathering got no relay
-    candidate from it: wrong credentials or an unreachable server are otherwise silent (aioice drops the
-    error), and peers behind a NAT then fail to connect with no hint why. aiortc uses the first TURN URL."""
-    turn = next((u for u in config.ice_servers if u.startswith(("turn:", "turns:"))), None)
-    if turn is None or " typ relay" in sdp:
-        return
-    server = str(_ice_server(turn).urls)  # one URL; the credentials stay out of the log
-    if server in _turn_warned:
-        return
-    _turn_warned.add(server)
-    log.warning("the TURN server %s gave no relay candidate: check its user name and password and that it is "
-                "reachable; WebRTC peers behind a NAT may not connect", server)
+class IceServers:
+    """Which configured ICE servers new connections use: all of them, less those that recently gave nothing
+    (see ICE_SERVER_RETRY). One per process (:data:`ICE_SERVERS`), since the servers are the same for
+    every torrent. aiortc uses the first STUN and the first TURN URL it is given, so leaving one out puts
+    the next of its kind to work."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        #: URL -> (monotonic time it may be tried again, the wait that was set)
+        self._down: dict[str, tuple[float, float]] = {}
+        self._warned: set[str] = set()
+
+    def usable(self, urls: tuple[str, ...]) -> list[str]:
+        now = self._clock()
+        return [u for u in urls if self._down.get(u, (0.0, 0.0))[0] <= now]
+
+    def gathered(self, urls: list[str], sdp: str, seconds: float) -> None:
+        """Judge the servers aiortc used (the first of each kind in ``urls``) by what gathering gave: a
+        relay candidate from the TURN server; a server-reflexive one from the STUN server, or at least an
+        answer within GATHER_SLOW (a STUN server answers on IPv4 only)."""
+        turn = next((u for u in urls if u.startswith(("turn:", "turns:"))), None)
+        stun = next((u for u in urls if u.startswith(("stun:", "stuns:"))), None)
+        if turn is not None:
+            self._judge(turn, " typ relay" in sdp, "gave no relay candidate: check its user name and password and "
+                        "that it is reachable; WebRTC peers behind a NAT may not connect")
+        if stun is not None:
+            self._judge(stun, " typ srflx" in sdp or seconds < GATHER_SLOW,
+                        f"did not answer within {seconds:.0f} s; WebRTC peers behind a NAT may not connect")
+
+    def _judge(self, url: str, ok: bool, problem: str) -> None:
+        if ok:
+            self._down.pop(url, None)
+            return
+        wait = self._down.get(url, (0.0, 0.0))[1]
+        wait = min(ICE_SERVER_RETRY_MAX, wait * 2) if wait else ICE_SERVER_RETRY
+        self._down[url] = (self._clock() + wait, wait)
+        server = str(_ice_server(url).urls)  # the credentials stay out of the log
+        level = logging.INFO if url in self._warned else logging.WARNING
+        self._warned.add(url)
+        log.log(level, "the ICE server %s %s. New connections go without it for %.0f s", server, problem, wait)
+
+
+#: The process's record of which ICE servers answer.
+ICE_SERVERS = IceServers()
 
 
 def _watch_failure(pc: RTCPeerConnection, opened: asyncio.Future[RtcTransport]) -> None:
@@ -634,7 +689,7 @@ async def create_offer(config: RtcConfig | None = None) -> PendingOffer:
     """Create a peer connection with one ordered, reliable data channel (random 40-hex label, as
     simple-peer does) and a complete offer SDP."""
     config = config or RtcConfig()
-    pc = _new_peer_connection(config)
+    pc, urls = _new_peer_connection(config)
     opened: asyncio.Future[RtcTransport] = asyncio.get_running_loop().create_future()
     try:
         channel = pc.createDataChannel(secrets.token_hex(20), ordered=True)
@@ -647,12 +702,10 @@ async def create_offer(config: RtcConfig | None = None) -> PendingOffer:
 
         channel.on("open", on_open)
         _watch_failure(pc, opened)
-        with _gathering_on(config.host_addresses):
+        with _gathering(pc, config, urls):
             await pc.setLocalDescription(await pc.createOffer())
-        _grow_receive_buffers(pc, config.receive_buffer)
         local = pc.localDescription
         assert local is not None
-        _check_relay(config, local.sdp)
     except BaseException:
         opened.cancel()
         _spawn(_close_pc(pc))
@@ -669,7 +722,7 @@ async def answer_offer(offer_sdp: str, config: RtcConfig | None = None) -> tuple
     and also on any failure)."""
     config = config or RtcConfig()
     candidates = _count_candidates(offer_sdp, "offer")
-    pc = _new_peer_connection(config)
+    pc, urls = _new_peer_connection(config)
     opened: asyncio.Future[RtcTransport] = asyncio.get_running_loop().create_future()
 
     def on_datachannel(channel: RTCDataChannel) -> None:
@@ -690,13 +743,11 @@ async def answer_offer(offer_sdp: str, config: RtcConfig | None = None) -> tuple
                 answer = await pc.createAnswer()
             except Exception as exc:
                 raise RemoteProtocolError(f"unusable SDP offer: {type(exc).__name__}: {exc}") from None
-            with _gathering_on(config.host_addresses):
+            with _gathering(pc, config, urls):
                 await pc.setLocalDescription(answer)
-            _grow_receive_buffers(pc, config.receive_buffer)
             await _end_of_remote_candidates(pc, candidates)
         local = pc.localDescription
         assert local is not None
-        _check_relay(config, local.sdp)
     except BaseException:
         _discard(pc, opened)
         raise

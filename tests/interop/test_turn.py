@@ -51,8 +51,11 @@ async def test_two_bridge_peers_exchange_data_through_turn_only(turn_port: int) 
         await rtc_pair.close(pair, WAIT)
 
 
-async def test_wrong_turn_credentials_are_reported_once(turn_port: int, caplog: pytest.LogCaptureFixture) -> None:
-    rtc._turn_warned.clear()
+async def test_wrong_turn_credentials_are_reported_once(turn_port: int, caplog: pytest.LogCaptureFixture,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """aioice drops coturn's refusal silently. The bridge warns once, without the credentials, and leaves
+    the server out of the next offers (rtc.ICE_SERVER_RETRY); the right password, a different URL, works."""
+    monkeypatch.setattr(rtc, "ICE_SERVERS", rtc.IceServers())
     caplog.set_level(logging.WARNING, logger=rtc.__name__)
     wrong = RtcConfig(host_addresses=("127.0.0.1",), ice_servers=(turn_server.turn_url(turn_port, "wrong"),))
     try:
@@ -65,10 +68,26 @@ async def test_wrong_turn_credentials_are_reported_once(turn_port: int, caplog: 
         assert len(warnings) == 1, warnings
         assert f"turn:127.0.0.1:{turn_port}" in warnings[0]
         assert "wrong" not in warnings[0] and turn_server.USER not in warnings[0]  # no credentials in logs
+        assert rtc.ICE_SERVERS.usable(wrong.ice_servers) == []
         right = await create_offer(dataclasses.replace(wrong, ice_servers=(turn_server.turn_url(turn_port),)))
         right.close()
         assert " typ relay" in right.sdp
     finally:
-        rtc._turn_warned.clear()
+        async with asyncio.timeout(WAIT):
+            await rtc.wait_closing()
+
+
+async def test_a_stun_server_that_answers_stays_in_use(turn_port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """coturn answers STUN too: the offer gets a server-reflexive candidate, and the server is kept (only one
+    that gives nothing is left out)."""
+    monkeypatch.setattr(rtc, "ICE_SERVERS", rtc.IceServers())
+    config = RtcConfig(host_addresses=("127.0.0.1",), ice_servers=(f"stun:127.0.0.1:{turn_port}",))
+    try:
+        for _ in range(2):
+            offer = await create_offer(config)
+            offer.close()
+            assert " typ srflx" in offer.sdp
+            assert rtc.ICE_SERVERS.usable(config.ice_servers) == list(config.ice_servers)
+    finally:
         async with asyncio.timeout(WAIT):
             await rtc.wait_closing()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import random
@@ -597,3 +598,76 @@ async def test_ice_sockets_get_the_configured_receive_buffer() -> None:
                 assert _ice_receive_buffers(t) == [reported], (asked, rmem_max)
         finally:
             await rtc_pair.close(pair, WAIT)
+
+
+# ----------------------------------------------------------------------------- ICE servers that fail
+
+STUN = "stun:stun.example:3478"
+TURN = "turn:alice:s3cret@turn.example:3478"
+
+
+def test_an_ice_server_that_gave_nothing_is_left_out_for_a_growing_while(caplog: pytest.LogCaptureFixture) -> None:
+    """A TURN server without a relay candidate, or a STUN server slow and without a server-reflexive one, is
+    left out of new connections for ICE_SERVER_RETRY, then tried again; each new failure doubles the wait up
+    to ICE_SERVER_RETRY_MAX, and a success ends it. The first failure of each is a warning, later ones are
+    info, and no credentials are logged."""
+    now = [1000.0]
+    servers = rtc.IceServers(clock=lambda: now[0])
+    both = (STUN, TURN, "turn:bob:pw@second.example")
+    caplog.set_level("INFO", logger=rtc.__name__)
+    assert servers.usable(both) == list(both)
+    # fast, without srflx: the STUN server answered (no IPv4 host address, say); no relay: TURN failed
+    servers.gathered([STUN, TURN], "a=candidate:1 1 udp 1 10.0.0.1 5000 typ host", 0.1)
+    assert servers.usable(both) == [STUN, "turn:bob:pw@second.example"]  # aiortc now uses the second TURN URL
+    now[0] += rtc.ICE_SERVER_RETRY - 1
+    assert TURN not in servers.usable(both)
+    now[0] += 1
+    waits = []
+    for _ in range(7):
+        assert TURN in servers.usable(both)
+        servers.gathered([TURN], "", 0.1)
+        waits.append(round(servers._down[TURN][0] - now[0]))
+        now[0] += waits[-1]
+    assert waits == [120, 240, 480, 900, 900, 900, 900]
+    servers.gathered([TURN], "a=candidate:2 1 udp 1 1.2.3.4 6000 typ relay raddr 0.0.0.0 rport 0", 0.1)
+    assert servers.usable(both) == list(both)
+    servers.gathered([STUN], "", rtc.GATHER_SLOW + 1)  # slow and no srflx: the STUN server did not answer
+    assert servers.usable(both) == [TURN, "turn:bob:pw@second.example"]
+    servers.gathered([STUN], "", rtc.GATHER_SLOW + 1)
+    messages = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == rtc.__name__]
+    assert [level for level, _ in messages] == ["WARNING"] + ["INFO"] * 7 + ["WARNING", "INFO"]
+    assert "turn:turn.example:3478 gave no relay candidate" in messages[0][1]
+    assert "stun:stun.example:3478 did not answer" in messages[8][1]
+    assert not any("s3cret" in m or "alice" in m for _, m in messages)
+
+
+async def test_a_stun_server_that_does_not_answer_costs_one_offer_not_each(monkeypatch: pytest.MonkeyPatch) -> None:
+    """aioice waits 5 s for a STUN server that does not answer, in every offer and answer. After the first,
+    offers go without it (and at once) until ICE_SERVER_RETRY has passed."""
+    monkeypatch.setattr(rtc, "ICE_SERVERS", rtc.IceServers())
+    hole = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    hole.bind(("127.0.0.1", 0))
+    hole.setblocking(False)
+
+    def requests() -> int:
+        n = 0
+        with contextlib.suppress(BlockingIOError):
+            while hole.recv(2048):
+                n += 1
+        return n
+
+    config = dataclasses.replace(LOOPBACK, ice_servers=(f"stun:127.0.0.1:{hole.getsockname()[1]}",))
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        first = await create_offer(config)
+        first.close()
+        assert loop.time() - started >= rtc.GATHER_SLOW and requests() >= 1
+        started = loop.time()
+        offers = [await create_offer(config) for _ in range(3)]
+        for offer in offers:
+            offer.close()
+            assert " typ host" in offer.sdp
+        assert loop.time() - started < rtc.GATHER_SLOW and requests() == 0
+    finally:
+        hole.close()

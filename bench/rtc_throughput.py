@@ -236,12 +236,21 @@ class Result:
     seeder_cpu: float | None = None  # % of one core, over the transfer
     seeder_cpu_s: float | None = None  # CPU seconds over the same window
     browser_cpu: float | None = None
+    cpu_window_s: float | None = None  # the wall time seeder_cpu and browser_cpu are shares of
     udp_drops: int | None = None  # datagrams dropped for a full receive buffer (namespace only)
     own_drops: int | None = None  # ...of them, at the sockets of the process that is not the browser
     dc: dict[str, int] | None = None  # the page's data-channel messages: received, receivedBytes, sent
 
     def cpu_text(self, python_side: str) -> str:
         return f"{python_side} {fmt(self.seeder_cpu, '.0f')}%, browser {fmt(self.browser_cpu, '.0f')}%"
+
+
+def cpu_budget(r: Result, size: int) -> tuple[float, float] | None:
+    """(sender, Chromium) CPU milliseconds per MB over the run's CPU window, if both were measured."""
+    if r.seeder_cpu is None or r.browser_cpu is None or r.cpu_window_s is None:
+        return None
+    per_mb = 10 * r.cpu_window_s / (size / 1e6)  # percent of a core -> ms per MB
+    return r.seeder_cpu * per_mb, r.browser_cpu * per_mb
 
 
 def profile_top(profile: dict[str, Any], n: int = 15) -> str:
@@ -480,7 +489,7 @@ async def page_download(ctx: Context, method: str, tracker: str, seeder: Child) 
         (t["first"] - t["add"]) / 1000, (t["wire"] - t["add"]) / 1000,
         seeder_cpu=100 * (seeder1 - seeder0) / wall if seeder0 is not None and seeder1 is not None else None,
         seeder_cpu_s=seeder1 - seeder0 if seeder0 is not None and seeder1 is not None else None,
-        browser_cpu=100 * cpu_delta(browser0, browser1) / wall,
+        browser_cpu=100 * cpu_delta(browser0, browser1) / wall, cpu_window_s=wall,
         udp_drops=drops if ctx.netns else None, own_drops=own_drops, dc=out.get("dc"),
     )
 
@@ -544,7 +553,7 @@ async def run_raw(ctx: Context, method: str = "raw") -> Result:
     m = re.search(r"python (\d+)%", r["cpu"])
     cpu = float(m.group(1)) if m else None
     return Result(method, r["ok"], r["wall"], seeder_cpu=cpu, seeder_cpu_s=cpu * r["wall"] / 100 if cpu else None,
-                  browser_cpu=browser.get("cpu"), udp_drops=drops if ctx.netns else None)
+                  browser_cpu=browser.get("cpu"), cpu_window_s=r["wall"], udp_drops=drops if ctx.netns else None)
 
 
 LT_ROLE_TIMEOUT = 120.0
@@ -644,7 +653,7 @@ async def download_from_page(ctx: Context, method: str, start: Any, done: Any) -
             method, ok, wall, t_done - t_start, t_first - t_start, None,
             seeder_cpu=100 * (cpu1 - cpu0) / wall if cpu0 is not None and cpu1 is not None else None,
             seeder_cpu_s=cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None,
-            browser_cpu=100 * cpu_delta(browser0, browser1) / wall,
+            browser_cpu=100 * cpu_delta(browser0, browser1) / wall, cpu_window_s=wall,
             udp_drops=drops if ctx.netns else None, own_drops=own_drops, dc=dc,
         )
     except BaseException:
@@ -892,6 +901,11 @@ async def main_async(args: argparse.Namespace, host: str, methods: list[str], no
         per_mb = [f"{m} {1000 * r.seeder_cpu_s / (size / 1e6):.0f}"
                   for m, r in best.items() if r.seeder_cpu_s is not None]
         print(f"sender CPU ms per MB (best runs; bridge and libtorrent include connection set-up): {', '.join(per_mb)}")
+        budget = [f"{m} {a:.0f} + {b:.0f} = {a + b:.0f}" for m, r in best.items()
+                  if (ab := cpu_budget(r, size)) is not None for a, b in [ab]]
+        if budget:
+            print("CPU budget, ms per MB, sender + Chromium (the two share 2 cores; the WebTorrent page costs "
+                  f"Chromium more than the bare page, whoever sends): {', '.join(budget)}")
         if "bridge" in best and "raw" in best:
             ratio = best["raw"].first_s / best["bridge"].first_s
             print(f"bridge / raw aiortc -> Chromium, MB/s first byte->done: {ratio:.3f} (bar 0.80: "

@@ -619,7 +619,14 @@ def _discard(pc: RTCPeerConnection, opened: asyncio.Future[RtcTransport]) -> asy
 async def wait_closing() -> None:
     """Wait until every peer connection this module is closing in the background has closed (for a clean
     shutdown, and for tests that check nothing is left open)."""
-    while _background:
+    while True:
+        # A task that has ended leaves the set by its done callback, which the event loop runs a moment
+        # later (or never, if that loop has closed). Since Python 3.12, gather() of tasks that have all
+        # ended returns without yielding to the loop, so waiting for the callbacks would spin forever.
+        for task in [t for t in _background if t.done()]:
+            _background.discard(task)
+        if not _background:
+            return
         await asyncio.gather(*list(_background), return_exceptions=True)
 
 

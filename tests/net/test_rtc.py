@@ -671,3 +671,22 @@ async def test_a_stun_server_that_does_not_answer_costs_one_offer_not_each(monke
         assert loop.time() - started < rtc.GATHER_SLOW and requests() == 0
     finally:
         hole.close()
+
+
+async def test_wait_closing_returns_when_only_ended_tasks_are_left() -> None:
+    """A clean-up task that has ended but whose done callback has not run (it runs a moment later, or never
+    if its event loop has closed) must not keep wait_closing() waiting. Since Python 3.12 gather() of
+    ended tasks returns without yielding to the loop, so a loop on the set alone would spin forever."""
+
+    async def nothing() -> None:
+        return None
+
+    ended = asyncio.get_running_loop().create_task(nothing())
+    await ended
+    rtc._background.add(ended)  # as if its done callback had not run yet
+    try:
+        async with asyncio.timeout(5):
+            await rtc.wait_closing()
+        assert ended not in rtc._background
+    finally:
+        rtc._background.discard(ended)

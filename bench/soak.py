@@ -186,7 +186,9 @@ class Pool:
     def counters(self) -> dict[str, Any]:
         connected = [p for p in self.peers if p.handshaken and not p.closed]
         now = time.monotonic()
-        rejoining = sum(1 for deadline in self.rejoining.values() if deadline > now)
+        # A slot being churned counts once: its old peer stays connected here until the close is processed.
+        live = {p.slot for p in connected}
+        rejoining = sum(1 for slot, deadline in self.rejoining.items() if deadline > now and slot not in live)
         return {"connected": len(connected), "rejoining": rejoining, "bytes": self.bytes,
                 "blocks": self.blocks,
                 "pieces_ok": self.pieces_ok, "pieces_bad": self.pieces_bad, "served": len(self.served),

@@ -13,11 +13,13 @@ import hashlib
 import os
 import re
 import socket
+from typing import Any
 
 import pytest
 import turn_server
 from chromium_rtc import RtcPage, candidates, loopback_only
 
+from bridge.net import pmtu
 from bridge.net.rtc import MAX_MESSAGE_SIZE, RtcConfig, RtcTransport, answer_offer, create_offer
 
 pytestmark = pytest.mark.timeout(180)
@@ -56,8 +58,9 @@ async def read_exactly(t: RtcTransport, n: int) -> bytes:
     return bytes(got)
 
 
-async def exchange(page: RtcPage, transport: RtcTransport) -> None:
-    """Bytes both ways at once, exactly; the browser sees messages of at most 16 KiB."""
+async def exchange(page: RtcPage, transport: RtcTransport, relayed: bool = False) -> None:
+    """Bytes both ways at once, exactly; the browser sees messages of at most 16 KiB. ``relayed``: through a
+    TURN server, where the packet size stays at the base."""
     ours = os.urandom(SIZE)
 
     async def to_browser() -> dict[str, object]:
@@ -79,6 +82,16 @@ async def exchange(page: RtcPage, transport: RtcTransport) -> None:
     assert at_browser["maxMessage"] == MAX_MESSAGE_SIZE
     assert at_browser["textMessages"] == 0
     assert browser_sha == hashlib.sha256(theirs).hexdigest()
+    # Chromium answered the largest packet-size probe (a 2,045-byte datagram: libwebrtc takes up to 2,048)
+    # and the data went in packets of that size
+    sctp: Any = transport._pc.sctp
+    if relayed:
+        assert sctp.bridge_packet_max == pmtu.BASE_PACKET and not sctp._bridge_probes
+        return
+    overhead = pmtu.dtls_overhead(sctp.transport._ssl.get_cipher_name())
+    largest = pmtu.probe_sizes(pmtu.route_mtu(transport.remote_address), socket.AF_INET, overhead)[0]
+    assert largest + overhead > pmtu.DATAGRAM_MAX - 64
+    assert sctp.bridge_packet_max == largest and sctp._bridge_chunk_max == pmtu.chunk_payload(largest)
 
 
 async def test_browser_offers_python_answers(page: RtcPage) -> None:
@@ -151,7 +164,7 @@ async def test_chromium_and_the_bridge_meet_through_turn_only(page: RtcPage, tmp
             _, transport = await asyncio.gather(page.call("acceptAnswer", answer), answered)
         try:
             assert turn_server.selected_pair(transport) == ("relay", "relay")
-            await exchange(page, transport)
+            await exchange(page, transport, relayed=True)
         finally:
             transport.close()
             async with asyncio.timeout(WAIT):

@@ -34,7 +34,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from OpenSSL import SSL
 
-from bridge.net import rtc
+from bridge.net import pmtu, rtc
 from bridge.net.rtc import RtcConfig, RtcTransport
 from bridge.net.rtc_sctp import (
     MAX_DATA_CHANNELS,
@@ -50,6 +50,13 @@ from bridge.net.rtc_sctp import (
 )
 
 pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(autouse=True)
+def aiortcs_packet_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests count chunks and packets at aiortc's packet size, so no packet-size probe raises it
+    (tests/net/test_pmtu.py tests the probes)."""
+    monkeypatch.setattr(pmtu, "probe_sizes", lambda *args, **kwargs: [])
 
 LOOPBACK = rtc_pair.LOOPBACK
 WAIT = 60.0

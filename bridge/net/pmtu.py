@@ -18,6 +18,7 @@ is 65,536: the data channel never opened).
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 
 #: SCTP packet size every association starts at: aiortc's (a DATA chunk of 1,160 bytes fills it).
@@ -78,9 +79,12 @@ def chunk_payload(packet: int) -> int:
 
 def route_mtu(address: tuple[str, int] | tuple[str, int, int, int]) -> int | None:
     """The MTU the kernel has for the route to ``address`` (Linux's IP_MTU on a connected UDP socket, which
-    sends nothing), or None where it cannot say."""
+    sends nothing), or None where it cannot say (or ``address`` is a name: no lookup is made)."""
     host = address[0]
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        return None
     level, option = (socket.IPPROTO_IPV6, 24) if family == socket.AF_INET6 else (socket.IPPROTO_IP, 14)
     try:
         with socket.socket(family, socket.SOCK_DGRAM) as probe:

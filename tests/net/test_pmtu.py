@@ -70,6 +70,7 @@ def test_dtls_overhead_by_cipher() -> None:
 def test_route_mtu_of_loopback() -> None:
     mtu = pmtu.route_mtu(("127.0.0.1", 9))  # a connected UDP socket sends nothing
     assert mtu is not None and mtu >= pmtu.ETHERNET_MTU, mtu
+    assert pmtu.route_mtu(("localhost", 9)) is None  # a name is not looked up (that would block)
 
 
 # -------------------------------------------------------------------------------- on the wire

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 from bridge.net import rtc
 from bridge.net.rtc import RtcConfig, RtcTransport, answer_offer, create_offer
@@ -11,11 +12,12 @@ from bridge.net.rtc import RtcConfig, RtcTransport, answer_offer, create_offer
 LOOPBACK = RtcConfig(host_addresses=("127.0.0.1",), connect_timeout=10.0)
 
 
-async def connect(config: RtcConfig, wait: float) -> tuple[RtcTransport, RtcTransport]:
-    """(offerer's transport, answerer's transport), within ``wait`` seconds."""
+async def connect(config: RtcConfig, wait: float, answerer: RtcConfig | None = None) -> tuple[RtcTransport, RtcTransport]:
+    """(offerer's transport, answerer's transport), within ``wait`` seconds. ``answerer``: the answering
+    side's config, if not ``config``."""
     async with asyncio.timeout(wait):
         offer = await create_offer(config)
-        answer_sdp, answered = await answer_offer(offer.sdp, config)
+        answer_sdp, answered = await answer_offer(offer.sdp, answerer or config)
         offerer = await offer.accept_answer(answer_sdp)
         answerer = await answered
     return offerer, answerer
@@ -31,6 +33,14 @@ async def read_exactly(t: RtcTransport, n: int, wait: float) -> bytes:
                 break
             got += chunk
     return bytes(got)
+
+
+async def transfer(a: RtcTransport, b: RtcTransport, size: int, wait: float) -> None:
+    """``size`` random bytes written on ``a`` arrive on ``b`` intact, within ``wait`` seconds."""
+    data = os.urandom(size)
+    async with asyncio.timeout(wait):
+        got, _ = await asyncio.gather(read_exactly(b, size, wait), a.write(data))
+    assert got == data
 
 
 async def close(transports: tuple[RtcTransport, ...], wait: float) -> None:

@@ -121,7 +121,8 @@ _RECORD_MAX = pmtu.DTLS_PLAINTEXT_MAX + 2048
 #: it skips) up to that size.
 _PROBE_INFO = struct.Struct("!LL")
 _PACK_PROBE = struct.Struct("!BBHHH8sBBH").pack
-_PROBE_HEAD_LENGTH = 12 + 16 + 4
+#: The common header and the 16-byte HEARTBEAT chunk; the PAD chunk (header included) fills the rest.
+_PROBE_HEARTBEAT_END = 12 + 16
 _PAD_CHUNK = 0x84
 _OPEN = bytes([DATA_CHANNEL_OPEN])
 
@@ -934,7 +935,7 @@ class LeanSctpTransport(BridgeSctpTransport):
             nonce = random.getrandbits(32)
         self._bridge_probes[nonce] = size
         header, header_crc = self._bridge_header()
-        pad = size - _PROBE_HEAD_LENGTH + 4
+        pad = size - _PROBE_HEARTBEAT_END
         body = _PACK_PROBE(4, 0, 16, 1, 12, _PROBE_INFO.pack(nonce, size), _PAD_CHUNK, 0, pad) + bytes(pad - 4)
         return header + _PACK_CRC(_crc32c_extend(header_crc, body)) + body
 
@@ -953,16 +954,18 @@ class LeanSctpTransport(BridgeSctpTransport):
             nonce, size = _PROBE_INFO.unpack(value)
             if self._bridge_probes.pop(nonce, None) == size and size > self.bridge_packet_max:
                 log.debug("SCTP: packets of %d bytes get through (a probe was answered)", size)
-                self.bridge_packet_max = size
-                self._bridge_chunk_max = pmtu.chunk_payload(size)
-                self._bridge_t3_mark = None
+                self._bridge_use_packets(size)
+
+    def _bridge_use_packets(self, size: int) -> None:
+        """New DATA chunks fill SCTP packets of ``size`` bytes."""
+        self.bridge_packet_max = size
+        self._bridge_chunk_max = pmtu.chunk_payload(size)
+        self._bridge_t3_mark = None
 
     def _bridge_pmtu_fall_back(self) -> None:
         log.info("SCTP: back to %d-byte packets: the peer stopped answering at %d bytes", pmtu.BASE_PACKET,
                  self.bridge_packet_max)
-        self.bridge_packet_max = pmtu.BASE_PACKET
-        self._bridge_chunk_max = USERDATA_MAX_LENGTH
-        self._bridge_t3_mark = None
+        self._bridge_use_packets(pmtu.BASE_PACKET)
         self._bridge_probes.clear()
         self._bridge_probe_sizes = None
         if self._bridge_probe_timer is not None:

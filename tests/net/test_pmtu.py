@@ -5,7 +5,6 @@ tests/browser/test_rtc_chromium.py checks the probes against Chromium's own SCTP
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import socket
@@ -18,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bridge.net import pmtu
-from bridge.net.rtc import RtcConfig, RtcTransport, answer_offer, create_offer
+from bridge.net.rtc import RtcConfig, RtcTransport
 from bridge.net.rtc_sctp import LeanSctpTransport
 
 pytestmark = pytest.mark.timeout(120)
@@ -97,18 +96,11 @@ class Wire:
 
 
 async def connect(config: RtcConfig = LOOPBACK, answerer: RtcConfig | None = None) -> tuple[RtcTransport, RtcTransport]:
-    async with asyncio.timeout(WAIT):
-        offer = await create_offer(config)
-        answer_sdp, answered = await answer_offer(offer.sdp, answerer or config)
-        return await offer.accept_answer(answer_sdp), await answered
+    return await rtc_pair.connect(config, WAIT, answerer)
 
 
 async def transfer(a: RtcTransport, b: RtcTransport, size: int) -> None:
-    data = os.urandom(size)
-    writing = asyncio.ensure_future(a.write(data))
-    got = await rtc_pair.read_exactly(b, size, WAIT)
-    await writing
-    assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+    await rtc_pair.transfer(a, b, size, WAIT)
 
 
 async def settle(sctp: Any, seconds: float = 2.0) -> None:

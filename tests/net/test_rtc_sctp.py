@@ -71,11 +71,7 @@ async def close(*transports: RtcTransport) -> None:
 
 
 async def transfer(a: RtcTransport, b: RtcTransport, size: int) -> None:
-    """``size`` random bytes written on ``a`` arrive on ``b`` intact, within WAIT seconds."""
-    data = os.urandom(size)
-    async with asyncio.timeout(WAIT):
-        got, _ = await asyncio.gather(rtc_pair.read_exactly(b, size, WAIT), a.write(data))
-    assert got == data
+    await rtc_pair.transfer(a, b, size, WAIT)
 
 
 async def open_channel(t: RtcTransport, label: str, **options: Any) -> Any:
